@@ -1,0 +1,1 @@
+"""lompo_bench.leaderboard"""
