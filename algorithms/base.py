@@ -1,0 +1,100 @@
+"""What every algorithm is, to the rest of the suite (d3rlpy-style: Config -> create -> fit).
+
+An algorithm is a class with one config dataclass (the paper's defaults), a per-profile
+scaling of it, one `train_step` the runner calls in a loop, and a `policy()` the evaluator
+runs in the real environment. The runner (`lompo_bench.runner`) owns everything around the
+update: the loop, progress bar, metrics log, checkpoints and resume, evaluation schedule and
+`result.json`, so an algorithm module reads top to bottom as its own method and nothing else.
+"""
+
+from __future__ import annotations
+
+import abc
+import dataclasses
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class DataSpec:
+    """Shapes an algorithm is built for, read from the dataset it trains on."""
+
+    env: str
+    image_shape: tuple[int, int, int]  # (H, W, 3), uint8 in the store
+    proprio_dim: int  # 0 where the task has no proprio
+    action_dim: int  # actions are in [-1, 1]
+    horizon: int  # agent steps per episode
+    action_repeat: int
+
+    @classmethod
+    def from_dataset(cls, dataset) -> "DataSpec":
+        env = dataset.attrs["env"]
+        proprio = dataset.shape("proprio")[-1] if "proprio" in dataset.keys else 0
+        return cls(env=env["name"], image_shape=tuple(dataset.shape("image")[1:]), proprio_dim=int(proprio),
+                   action_dim=int(dataset.shape("action")[-1]), horizon=int(env["horizon"]),
+                   action_repeat=int(env["action_repeat"]))
+
+
+class Policy(abc.ABC):
+    """Acts in the real env from observations (image, plus proprio where present).
+
+    Methods that filter a history (LOMPO, SLAC) keep their latent state between `act` calls;
+    `reset` starts a new episode."""
+
+    def reset(self) -> None:
+        pass
+
+    @abc.abstractmethod
+    def act(self, obs: dict[str, np.ndarray]) -> np.ndarray:
+        """obs: the env's observation dict (`image` uint8 HxWx3, `proprio` if present).
+        Returns a float32 action in [-1, 1]. Deterministic (mean action) for evaluation."""
+
+
+class Algorithm(abc.ABC):
+    name: ClassVar[str]  # registry name, e.g. "lompo"
+    Config: ClassVar[type]  # dataclass; field defaults are the paper's (Appendix C / authors' code)
+
+    @classmethod
+    def config_for(cls, profile: str, spec: DataSpec) -> Any:
+        """The config at a scale profile ("smoke", "cpu", "paper"). "paper" is the defaults,
+        with per-env sizes from Appendix C where the paper gives them."""
+        return cls.Config()
+
+    def __init__(self, config, spec: DataSpec, device: str = "cpu", seed: int = 0):
+        self.config = config
+        self.spec = spec
+        self.device = device
+        self.seed = seed
+
+    @abc.abstractmethod
+    def total_steps(self) -> int:
+        """Number of `train_step` calls a full run makes (all phases together)."""
+
+    @abc.abstractmethod
+    def train_step(self, dataset, step: int) -> dict[str, float]:
+        """One iteration of the method (phases switch on `step`). Returns scalar metrics."""
+
+    @abc.abstractmethod
+    def policy(self) -> Policy:
+        """The current policy, for evaluation in the real environment."""
+
+    def gradient_steps(self) -> int:
+        """Gradient updates made so far (all networks' updates counted once per iteration)."""
+        return getattr(self, "_gradient_steps", 0)
+
+    @abc.abstractmethod
+    def state_dict(self) -> dict:
+        """Everything needed to resume exactly: networks, optimizers, buffers, RNG states."""
+
+    @abc.abstractmethod
+    def load_state_dict(self, state: dict) -> None: ...
+
+    def sample_figures(self, dataset, out_dir) -> list:
+        """Optional PNGs for the run directory (e.g. model samples). Returns written paths."""
+        return []
+
+
+def config_fields(config) -> dict:
+    return dataclasses.asdict(config)
