@@ -55,6 +55,10 @@ class Policy(abc.ABC):
 class Algorithm(abc.ABC):
     name: ClassVar[str]  # registry name, e.g. "lompo"
     Config: ClassVar[type]  # dataclass; field defaults are the paper's (Appendix C / authors' code)
+    # Config fields (ints) whose sum is `total_steps()`, e.g. ("model_steps", "agent_steps").
+    # `lompo-bench run --steps N` scales them proportionally to add up to N. None: the
+    # runner uses the config's `steps` and `*_steps` int fields.
+    step_fields: ClassVar[tuple[str, ...] | None] = None
 
     @classmethod
     def config_for(cls, profile: str, spec: DataSpec) -> Any:
