@@ -1,0 +1,308 @@
+"""Leaderboard: scores, IQM + stratified bootstrap, publishing (refusals, atomicity), Table I."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from lompo_bench.errors import UserError
+from lompo_bench.leaderboard import csv_store, scoring, table
+from lompo_bench.leaderboard.cli import leaderboard as leaderboard_cli
+
+# ---------------------------------------------------------------------------------------------
+# helpers
+
+
+def make_result(**overrides) -> dict:
+    """A result.json exactly as docs/interfaces.md ("Runs") lists its fields."""
+    result = {
+        "algorithm": "lompo", "env": "walker", "split": "expert", "seed": 0, "profile": "smoke",
+        "raw_return": 300.0, "return_std": 12.5, "normalized_score": 50.0, "success_rate": None,
+        "eval_episodes": 2, "gradient_steps": 10, "train_steps": 10, "wall_time_s": 3.2,
+        "dataset_path": "/nonexistent/walker/expert.zarr", "dataset_id": "walker/expert@smoke",
+        "dataset_checksum": "sha256:abc", "random_return": 100.0, "expert_return": 500.0,
+        "commit": "0123abcd", "package_version": "0.1.0", "hardware": "x86_64, 2 cpu, Test CPU",
+        "device": "cpu", "timestamp": "2026-01-01T00:00:00+00:00", "config": {"batch_size": 4},
+    }
+    result.update(overrides)
+    if "normalized_score" not in overrides and "raw_return" in result:
+        result["normalized_score"] = scoring.normalized_score(result["raw_return"], result["random_return"],
+                                                              result["expert_return"])
+    return result
+
+
+def write_run(root: Path, name: str, **overrides) -> Path:
+    run_dir = root / name
+    run_dir.mkdir(parents=True)
+    (run_dir / "result.json").write_text(json.dumps(make_result(**overrides)))
+    return run_dir
+
+
+# ---------------------------------------------------------------------------------------------
+# scoring
+
+
+def test_normalized_score_is_d4rls_definition():
+    assert scoring.normalized_score(300.0, 100.0, 500.0) == pytest.approx(50.0)
+    assert scoring.normalized_score(500.0, 100.0, 500.0) == pytest.approx(100.0)
+    assert scoring.normalized_score(0.0, 10.0, 110.0) == pytest.approx(-10.0)
+    assert scoring.normalized_score(-5.0, -10.0, -8.0) == pytest.approx(250.0)  # negative returns
+    with pytest.raises(UserError, match="expert return equals random"):
+        scoring.normalized_score(1.0, 2.0, 2.0)
+    with pytest.raises(UserError, match="random return is None"):
+        scoring.normalized_score(1.0, None, 2.0)
+
+
+def test_iqm_hand_computed():
+    # n=8: floor(0.25*8)=2 cut from each end -> mean(3, 4, 5, 6)
+    assert scoring.iqm([8, 1, 7, 2, 6, 3, 5, 4]) == pytest.approx(4.5)
+    # n=5: floor(1.25)=1 cut -> mean(2, 3, 4); the outlier 100 is ignored
+    assert scoring.iqm([100, 1, 2, 3, 4]) == pytest.approx(3.0)
+    # n=3: floor(0.75)=0 cut -> plain mean
+    assert scoring.iqm([1, 2, 6]) == pytest.approx(3.0)
+    assert scoring.iqm([7.0]) == 7.0
+    with pytest.raises(UserError):
+        scoring.iqm([])
+
+
+def test_stratified_bootstrap_matches_exact_distribution():
+    # Cells A={0, 10}, B={20, 30}. A replicate resamples 2 runs in each cell; the pooled,
+    # sorted 4 values are [a_lo, a_hi, b_lo, b_hi], IQM = (a_hi + b_lo) / 2 with
+    # P(a_hi = 0) = 1/4 and P(b_lo = 30) = 1/4, so IQM is 10 w.p. 3/16, 15 w.p. 10/16,
+    # 20 w.p. 3/16. Resampling the pooled runs instead (not stratified) could yield e.g. 5.
+    cells = [[0.0, 10.0], [20.0, 30.0]]
+    samples = scoring.bootstrap_iqm_samples(cells, reps=40_000, seed=1)
+    values, counts = np.unique(samples, return_counts=True)
+    assert values.tolist() == [10.0, 15.0, 20.0]
+    assert counts / counts.sum() == pytest.approx([3 / 16, 10 / 16, 3 / 16], abs=0.01)
+    assert scoring.stratified_bootstrap_ci(cells, reps=40_000) == (10.0, 20.0)
+    agg = scoring.aggregate({("walker", "expert"): cells[0], ("walker", "medium-expert"): cells[1]}, reps=2_000)
+    assert (agg.iqm, agg.runs, agg.cells) == (15.0, 4, 2)
+    # one run per cell: nothing to resample, the interval is the point estimate (mean of 3)
+    assert scoring.stratified_bootstrap_ci([[5.0], [7.0], [9.0]], reps=500) == (7.0, 7.0)
+
+
+# ---------------------------------------------------------------------------------------------
+# publishing
+
+
+def test_publish_writes_recomputed_row(tmp_path):
+    run = write_run(tmp_path, "run0", raw_return=420.0, success_rate=0.5)
+    out = tmp_path / "lb.csv"
+    report = csv_store.publish([run], out, verify=False)
+    assert report.refused == [] and len(report.published) == 1
+    rows = csv_store.read_rows(out)
+    assert len(rows) == 1
+    row = rows[0]
+    assert row["normalized_score"] == pytest.approx(80.0)  # 100 * (420 - 100) / (500 - 100)
+    assert row["raw_return"] == 420.0 and row["success_rate"] == 0.5 and row["seed"] == 0
+    assert row["dataset_verified"] is False and row["run_id"] == csv_store.run_id(make_result(raw_return=420.0))
+    assert out.read_text().splitlines()[0] == ",".join(csv_store.COLUMNS)
+
+
+def test_publish_refuses_score_that_disagrees_with_raw_return(tmp_path):
+    run = write_run(tmp_path, "run0", raw_return=420.0, normalized_score=95.0)
+    report = csv_store.publish([run], tmp_path / "lb.csv", verify=False)
+    assert report.published == []
+    (reason,) = [r for _, r in report.refused]
+    assert "disagrees" in reason and "80.0" in reason and "\n" not in reason
+
+
+def test_publish_refuses_duplicates(tmp_path):
+    out = tmp_path / "lb.csv"
+    run = write_run(tmp_path, "run0")
+    assert len(csv_store.publish([run], out, verify=False).published) == 1
+    before = out.read_bytes()
+    shutil.copytree(run, tmp_path / "copy")
+    report = csv_store.publish([run, tmp_path / "copy"], out, verify=False)
+    assert report.published == [] and len(report.refused) == 2
+    assert all("already published" in r for _, r in report.refused)
+    assert out.read_bytes() == before
+    # the same run twice in one call: the second is refused
+    other = write_run(tmp_path, "run1", seed=1)
+    report = csv_store.publish([other, other], out, verify=False)
+    assert len(report.published) == 1 and "already published" in report.refused[0][1]
+    assert [r["seed"] for r in csv_store.read_rows(out)] == [0, 1]
+
+
+@pytest.mark.parametrize("change, expected", [
+    (lambda r: r.pop("raw_return"), "lacks raw_return"),
+    (lambda r: r.pop("dataset_checksum"), "lacks dataset_checksum"),
+    (lambda r: r.update(seed=None), "lacks seed"),
+    (lambda r: r.update(seed="zero"), "seed is 'zero'"),
+    (lambda r: r.update(profile="huge"), "profile is 'huge'"),
+    (lambda r: r.update(eval_episodes=0), "eval_episodes is 0"),
+    (lambda r: r.update(raw_return=float("nan")), "raw_return is nan"),
+    (lambda r: r.update(expert_return=None), "no normalized score"),
+    (lambda r: r.update(timestamp="yesterday"), "timestamp is 'yesterday'"),
+])
+def test_publish_refuses_bad_rows(tmp_path, change, expected):
+    result = make_result()
+    change(result)
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "result.json").write_text(json.dumps(result))
+    report = csv_store.publish([run], tmp_path / "lb.csv", verify=False)
+    assert report.published == []
+    (reason,) = [r for _, r in report.refused]
+    assert expected in reason and "\n" not in reason
+    assert csv_store.read_rows(tmp_path / "lb.csv") == []
+
+
+def test_publish_refuses_unfinished_and_missing_dirs_but_keeps_good_ones(tmp_path):
+    unfinished = tmp_path / "unfinished"
+    unfinished.mkdir()
+    (unfinished / "config.json").write_text("{}")
+    good = write_run(tmp_path, "good")
+    report = csv_store.publish([unfinished, tmp_path / "nowhere", good], tmp_path / "lb.csv", verify=False)
+    assert [p for p, _ in report.published] == [good]
+    reasons = dict(report.refused)
+    assert "no result.json" in reasons[unfinished]
+    assert "not a directory" in reasons[tmp_path / "nowhere"]
+
+
+def test_publish_refuses_absent_dataset_unless_no_verify(tmp_path):
+    run = write_run(tmp_path, "run0", dataset_path=str(tmp_path / "gone.zarr"))
+    report = csv_store.publish([run], tmp_path / "lb.csv")
+    assert report.published == []
+    assert "not on this machine" in report.refused[0][1] and "--no-verify" in report.refused[0][1]
+    assert len(csv_store.publish([run], tmp_path / "lb.csv", verify=False).published) == 1
+
+
+def test_failure_before_rename_leaves_csv_intact(tmp_path, monkeypatch):
+    out = tmp_path / "lb.csv"
+    csv_store.publish([write_run(tmp_path, "run0")], out, verify=False)
+    before = out.read_bytes()
+
+    def crash(src, dst):
+        raise OSError("disk full (injected)")
+
+    monkeypatch.setattr(csv_store, "_replace", crash)
+    with pytest.raises(OSError, match="injected"):
+        csv_store.publish([write_run(tmp_path, "run1", seed=1)], out, verify=False)
+    assert out.read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir() if p.is_file()) == ["lb.csv"]  # temp file removed
+
+
+def test_killed_publish_leaves_csv_intact(tmp_path):
+    out = tmp_path / "lb.csv"
+    csv_store.publish([write_run(tmp_path, "run0")], out, verify=False)
+    before = out.read_bytes()
+    new_run = write_run(tmp_path, "run1", seed=1)
+    # A publish that is SIGKILLed after writing and fsyncing the new file, before the rename.
+    script = textwrap.dedent(f"""
+        import sys, time
+        from lompo_bench.leaderboard import csv_store
+        def stall(src, dst):
+            print("written", flush=True)
+            time.sleep(60)
+        csv_store._replace = stall
+        csv_store.publish([{str(new_run)!r}], {str(out)!r}, verify=False)
+    """)
+    proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout.readline().strip() == "written"
+        os.kill(proc.pid, signal.SIGKILL)
+    finally:
+        proc.wait(timeout=30)
+    assert out.read_bytes() == before
+    assert [r["seed"] for r in csv_store.read_rows(out)] == [0]
+    # and the next publish still works (the killed one left only a stray temp file)
+    assert len(csv_store.publish([new_run], out, verify=False).published) == 1
+    assert [r["seed"] for r in csv_store.read_rows(out)] == [0, 1]
+
+
+def test_read_rows_rejects_foreign_csv(tmp_path):
+    bad = tmp_path / "other.csv"
+    bad.write_text("a,b\n1,2\n")
+    with pytest.raises(UserError, match="has columns a, b"):
+        csv_store.read_rows(bad)
+    with pytest.raises(UserError):
+        csv_store.publish([write_run(tmp_path, "run0")], bad, verify=False)
+    assert bad.read_text() == "a,b\n1,2\n"
+
+
+# ---------------------------------------------------------------------------------------------
+# table and plot
+
+
+@pytest.fixture
+def small_board(tmp_path):
+    """Walker expert: LOMPO seeds 0-2 at smoke (scores 40, 50, 90), BC one seed at smoke and one
+    at cpu (so the blocks must not mix)."""
+    out = tmp_path / "lb.csv"
+    runs = []
+    for seed, ret in enumerate([260.0, 300.0, 460.0]):  # -> 40, 50, 90
+        runs.append(write_run(tmp_path, f"lompo{seed}", seed=seed, raw_return=ret))
+    # seed 0 re-run later with a different commit: the table uses the latest (score 60)
+    runs.append(write_run(tmp_path, "lompo0-rerun", seed=0, raw_return=340.0, commit="fff",
+                          timestamp="2026-02-01T00:00:00+00:00"))
+    runs.append(write_run(tmp_path, "bc-smoke", algorithm="bc", raw_return=140.0))  # 10
+    runs.append(write_run(tmp_path, "bc-cpu", algorithm="bc", profile="cpu", raw_return=180.0,
+                          split="medium-expert"))  # 20
+    report = csv_store.publish(runs, out, verify=False)
+    assert report.refused == []
+    return out
+
+
+def test_table_cells_and_blocks(small_board):
+    rows = csv_store.read_rows(small_board)
+    assert len(rows) == 6  # the CSV keeps every row
+    md = table.render(rows, "md", reps=2_000)
+    smoke = md[md.index("Profile `smoke`"):]
+    cpu = md[md.index("Profile `cpu`"):md.index("Profile `smoke`")]
+    # LOMPO walker/expert at smoke: seeds -> 60 (re-run), 50, 90: mean 66.7, sample std 20.8
+    walker_expert = next(line for line in smoke.splitlines() if line.startswith("| Walker Walk | expert"))
+    cells = [c.strip() for c in walker_expert.strip("|").split("|")]
+    assert cells[2:4] == ["66.7 ± 20.8 (3)", "75.8"]  # ours, then the paper's value beside it
+    assert cells[-2:] == ["10.0 (1)", "11.8"]  # BC, one seed
+    assert "20.0 (1)" not in smoke and "20.0 (1)" in cpu  # profiles are never mixed
+    assert "| LOMPO | 66.7 |" in smoke  # IQM of 3 values = their mean
+    tidy = list(csv.DictReader(io.StringIO(table.render(rows, "csv", profile="smoke", reps=2_000))))
+    cell = next(r for r in tidy if (r["env"], r["split"], r["algorithm"]) == ("walker", "expert", "lompo"))
+    assert (int(cell["n"]), float(cell["mean"]), float(cell["paper"])) == (3, pytest.approx(200 / 3), 75.8)
+    assert {r["profile"] for r in tidy} == {"smoke"}
+    agg = next(r for r in tidy if r["env"] == "*" and r["algorithm"] == "lompo")
+    assert float(agg["ci_low"]) <= float(agg["mean"]) <= float(agg["ci_high"])
+    latex = table.render(rows, "latex", profile="cpu", reps=2_000)
+    assert "\\begin{tabular}" in latex and "D'Claw Screw" in latex and "20.0 (1)" in latex
+
+
+def test_empty_table_shows_paper_values():
+    md = table.render([], "md")
+    assert "No runs published yet" in md
+    assert "| Walker Walk | medium-replay | – | 74.9 | – | 44.7 |" in md
+    assert md.count("| Door Open |") == 2  # the paper has no Door Open medium-replay
+    with pytest.raises(UserError, match="unknown format"):
+        table.render([], "html")
+
+
+def test_cli_publish_table_plot(tmp_path, small_board):
+    runner = CliRunner()
+    good = write_run(tmp_path, "new", seed=7)
+    bad = write_run(tmp_path, "bad", raw_return=420.0, normalized_score=1.0)
+    res = runner.invoke(leaderboard_cli, ["publish", str(good), str(bad), "--csv", str(small_board), "--no-verify"])
+    assert res.exit_code == 1
+    assert "published" in res.output and f"refused {bad}: " in res.output and "1 published, 1 refused" in res.output
+    md_path = tmp_path / "RESULTS.md"
+    res = runner.invoke(leaderboard_cli, ["table", "--csv", str(small_board), "--profile", "smoke", "--out", str(md_path)])
+    assert res.exit_code == 0, res.output
+    assert "(4)" in md_path.read_text() and "Profile `cpu`" not in md_path.read_text()
+    png = tmp_path / "board.png"
+    res = runner.invoke(leaderboard_cli, ["plot", "--csv", str(small_board), "--out", str(png)])
+    assert res.exit_code == 0, res.output
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10_000
+    res = runner.invoke(leaderboard_cli, ["plot", "--csv", str(small_board), "--out", str(tmp_path / "x.jpg")])
+    assert res.exit_code == 2 and "accepted: a path ending in .png" in res.output
