@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
+from lompo_bench import store
 from lompo_bench.errors import UserError
 from lompo_bench.leaderboard import csv_store, scoring, table
 from lompo_bench.leaderboard.cli import leaderboard as leaderboard_cli
@@ -179,6 +180,66 @@ def test_publish_refuses_absent_dataset_unless_no_verify(tmp_path):
     assert report.published == []
     assert "not on this machine" in report.refused[0][1] and "--no-verify" in report.refused[0][1]
     assert len(csv_store.publish([run], tmp_path / "lb.csv", verify=False).published) == 1
+
+
+def make_store(path: Path, *, finalize: bool = True, random: float = 100.0, expert: float = 500.0) -> str:
+    """A real (tiny) dataset store: two walker episodes of 3 steps, 8 px images."""
+    from lompo_bench.store import DatasetWriter
+
+    attrs = {"env": {"name": "walker", "image_size": 8, "action_repeat": 2}, "split": "expert",
+             "collector": {"algorithm": "sac", "seed": 0},
+             "reference_returns": {"random": random, "expert": expert, "episodes": 5,
+                                   "definition": "mean return of 5 episodes"}}
+    writer = DatasetWriter.open(path, attrs)
+    rng = np.random.default_rng(0)
+    for _ in range(2):
+        rows = 4
+        writer.add_episode({
+            "image": rng.integers(0, 255, (rows, 8, 8, 3), dtype=np.uint8),
+            "state": rng.normal(size=(rows, 5)).astype(np.float32),
+            "action": rng.uniform(-1, 1, (rows, 2)).astype(np.float32),
+            "reward": rng.uniform(0, 1, rows).astype(np.float32),
+            "is_first": np.eye(1, rows, 0, dtype=bool)[0], "is_last": np.eye(1, rows, rows - 1, dtype=bool)[0],
+            "is_terminal": np.zeros(rows, dtype=bool),
+        })
+    return writer.finalize() if finalize else ""
+
+
+def test_publish_reverifies_a_real_dataset(tmp_path):
+    store_path = tmp_path / "expert.zarr"
+    checksum = make_store(store_path)
+    out = tmp_path / "lb.csv"
+    good = write_run(tmp_path, "good", dataset_path=str(store_path), dataset_checksum=checksum)
+    wrong_refs = write_run(tmp_path, "refs", seed=1, dataset_path=str(store_path), dataset_checksum=checksum,
+                           expert_return=600.0)
+    other_data = write_run(tmp_path, "other", seed=2, dataset_path=str(store_path), dataset_checksum="feedbeef")
+    report = csv_store.publish([good, wrong_refs, other_data], out)
+    assert [p for p, _ in report.published] == [good]
+    assert csv_store.read_rows(out)[0]["dataset_verified"] is True
+    reasons = dict(report.refused)
+    assert "expert return 600.0" in reasons[wrong_refs] and "stores 500.0" in reasons[wrong_refs]
+    assert "the dataset the run trained on" in reasons[other_data]
+
+    # flip one byte of one stored chunk: the dataset no longer verifies and nothing is published
+    chunk = next(p for p in sorted((store_path / "data" / "reward").rglob("*")) if p.is_file() and p.name != "zarr.json")
+    data = bytearray(chunk.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    chunk.write_bytes(bytes(data))
+    assert store.verify(store_path)  # the store itself says it is broken
+    before = out.read_bytes()
+    run = write_run(tmp_path, "after-flip", seed=3, dataset_path=str(store_path), dataset_checksum=checksum)
+    report = csv_store.publish([run], out)
+    assert report.published == [] and "fails verification" in report.refused[0][1]
+    assert out.read_bytes() == before
+
+
+def test_publish_refuses_incomplete_dataset(tmp_path):
+    store_path = tmp_path / "unfinished.zarr"
+    make_store(store_path, finalize=False)
+    run = write_run(tmp_path, "run", dataset_path=str(store_path))
+    report = csv_store.publish([run], tmp_path / "lb.csv")
+    assert report.published == [] and "is unusable" in report.refused[0][1]
+    assert "incomplete" in report.refused[0][1]
 
 
 def test_failure_before_rename_leaves_csv_intact(tmp_path, monkeypatch):
