@@ -1,0 +1,129 @@
+"""SAC hyperparameters per environment and collection budgets per profile, in one place.
+
+:class:`SACConfig` holds the soft actor-critic settings (stable-baselines3 names) that reach
+expert level on each task when trained on the ground-truth ``state``; :class:`CollectBudget`
+holds what a profile spends: SAC agent steps, evaluation cadence, checkpoint cadence, the
+number of fixed-seed evaluation / random-policy episodes, dataset sizes and image size.
+
+Budgets (SB3 SAC, 256x256 MLPs, batch 256, one update per agent step, runs at about 80 agent
+steps/s on 2 CPU cores, i.e. ~290k steps per hour):
+
+- ``paper``: the paper's dataset sizes (Appendix A: Walker 100K, D'Claw 180K, Adroit 1M,
+  Sawyer 50K transitions) and a SAC budget long enough to reach expert level (meant for an
+  accelerator or a long CPU run).
+- ``cpu``: all three SAC splits of one env in about an hour on 2 cores: 150k SAC steps for
+  Walker (~31 min at 80 steps/s, leaving time for evaluations and for rendering the three
+  20K-transition datasets at 64 px); walker-walk SAC is well past half-expert by then, so
+  the medium point exists and the final policy walks. The other tasks get 100k-150k.
+- ``smoke``: seconds (a few hundred SAC steps, 40-step episodes, tiny datasets, 32 px).
+  Smoke episodes are shortened with a time limit (recorded in the dataset attributes as
+  ``env.horizon``); everything else follows the same code path as the real profiles.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+from lompo_bench.errors import UserError, choice_error
+from lompo_bench.profiles import check as check_profile
+
+ENV_NAMES = ("walker", "dclaw-screw", "adroit-pen", "sawyer-door")
+SAC_SPLITS = ("medium-replay", "medium-expert", "expert")
+SPLITS = ("random",) + SAC_SPLITS
+SPLIT_CHOICES = SPLITS + ("all",)
+
+# Paper, Appendix A: transitions per dataset.
+PAPER_DATASET_SIZE = {"walker": 100_000, "dclaw-screw": 180_000, "adroit-pen": 1_000_000, "sawyer-door": 50_000}
+
+
+@dataclasses.dataclass(frozen=True)
+class SACConfig:
+    """Soft actor-critic settings (Haarnoja et al. 2018 defaults unless noted per env)."""
+
+    learning_rate: float = 3e-4
+    batch_size: int = 256
+    gamma: float = 0.99
+    tau: float = 0.005
+    learning_starts: int = 5_000  # uniform-random warm-up actions before the first update
+    train_freq: int = 1  # one gradient update per agent step
+    gradient_steps: int = 1
+    net_arch: tuple[int, ...] = (256, 256)
+    ent_coef: str = "auto"  # learned temperature, target entropy -dim(A)
+    buffer_size: int = 1_000_000  # capped at the run's number of steps (nothing is ever evicted)
+
+
+# What reaches expert level on each task, from state.
+SAC_CONFIGS: dict[str, SACConfig] = {
+    # dm_control walker-walk, action repeat 2: the standard SAC settings reach ~950.
+    "walker": SACConfig(),
+    # ROBEL D'Claw: ROBEL's own SAC baseline settings (256x256, lr 3e-4, gamma 0.99).
+    "dclaw-screw": SACConfig(),
+    # Adroit pen with dense reward, fixed goal: a larger network and a longer horizon.
+    "adroit-pen": SACConfig(net_arch=(512, 512), gamma=0.99),
+    # Meta-World door-open on the dense shaped reward: Meta-World's SAC baselines use
+    # 400x400 MLPs; gamma 0.99.
+    "sawyer-door": SACConfig(net_arch=(400, 400)),
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class CollectBudget:
+    """How much one profile spends on one env."""
+
+    sac_steps: int  # SAC agent steps (one gradient update each after warm-up)
+    eval_every: int  # agent steps between evaluations of the deterministic policy
+    eval_episodes: int  # E: fixed-seed episodes per evaluation (the last one defines "expert")
+    checkpoint_every: int  # agent steps between checkpoints (taken at the next episode start)
+    random_episodes: int  # fixed-seed episodes of the uniform-random policy (reference return)
+    dataset_size: int  # transitions per dataset (whole episodes, see splits.py)
+    image_size: int | None  # None: the paper's image size for the env
+    learning_starts: int | None = None  # overrides SACConfig.learning_starts
+    horizon: int | None = None  # shortens episodes (smoke only); None: the env's horizon
+    log_chunk_rows: int = 20_000  # replay-log rows per chunk file
+
+
+def _paper(env: str) -> CollectBudget:
+    steps = {"walker": 500_000, "dclaw-screw": 500_000, "adroit-pen": 1_500_000, "sawyer-door": 300_000}[env]
+    return CollectBudget(sac_steps=steps, eval_every=10_000, eval_episodes=10, checkpoint_every=25_000,
+                         random_episodes=50, dataset_size=PAPER_DATASET_SIZE[env], image_size=None)
+
+
+def _cpu(env: str) -> CollectBudget:
+    steps = {"walker": 150_000, "dclaw-screw": 100_000, "adroit-pen": 150_000, "sawyer-door": 100_000}[env]
+    return CollectBudget(sac_steps=steps, eval_every=5_000, eval_episodes=5, checkpoint_every=10_000,
+                         random_episodes=20, dataset_size=20_000, image_size=64)
+
+
+def _smoke(env: str) -> CollectBudget:
+    return CollectBudget(sac_steps=400, eval_every=100, eval_episodes=2, checkpoint_every=100,
+                         random_episodes=3, dataset_size=80, image_size=32, learning_starts=100,
+                         horizon=40, log_chunk_rows=150)
+
+
+_BUDGETS = {"paper": _paper, "cpu": _cpu, "smoke": _smoke}
+
+
+def check_env(env: str) -> str:
+    if env not in ENV_NAMES:
+        raise choice_error("env", env, ENV_NAMES)
+    return env
+
+
+def check_split(split: str) -> str:
+    if split not in SPLIT_CHOICES:
+        raise choice_error("split", split, SPLIT_CHOICES)
+    return split
+
+
+def sac_config(env: str) -> SACConfig:
+    return SAC_CONFIGS[check_env(env)]
+
+
+def budget(env: str, profile: str) -> CollectBudget:
+    return _BUDGETS[check_profile(profile)](check_env(env))
+
+
+def check_positive(what: str, value) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        raise UserError(f"{what} must be a positive integer, got {value!r}")
+    return value
