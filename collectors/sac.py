@@ -352,12 +352,21 @@ def load_result(env: str, seed: int, profile: str) -> dict | None:
         raise UserError(f"corrupt run result {path}; delete {path.parent} to retrain") from None
 
 
+def effective_config(env: str, budget: CollectBudget) -> SACConfig:
+    """The env's SAC settings with the profile's warm-up and a buffer no larger than the run."""
+    import dataclasses
+
+    cfg = sac_config(env)
+    warmup = budget.learning_starts if budget.learning_starts is not None else cfg.learning_starts
+    return dataclasses.replace(cfg, learning_starts=warmup, buffer_size=min(cfg.buffer_size, budget.sac_steps))
+
+
 def _new_model(env_name: str, vec_env, cfg: SACConfig, budget: CollectBudget, seed: int):
     from stable_baselines3 import SAC
 
     return SAC(
-        "MlpPolicy", vec_env, learning_rate=cfg.learning_rate, buffer_size=min(cfg.buffer_size, budget.sac_steps),
-        learning_starts=budget.learning_starts if budget.learning_starts is not None else cfg.learning_starts,
+        "MlpPolicy", vec_env, learning_rate=cfg.learning_rate, buffer_size=cfg.buffer_size,
+        learning_starts=cfg.learning_starts,
         batch_size=cfg.batch_size, tau=cfg.tau, gamma=cfg.gamma, train_freq=cfg.train_freq,
         gradient_steps=cfg.gradient_steps, ent_coef=cfg.ent_coef,
         policy_kwargs={"net_arch": list(cfg.net_arch)}, seed=seed, device="auto", verbose=0,
@@ -380,7 +389,7 @@ def train(env: str, seed: int = 0, profile: str = "paper", *, progress: bool = T
     if done is not None:
         return done
     budget = get_budget(env, profile)
-    cfg = sac_config(env)
+    cfg = effective_config(env, budget)
     folder = run_dir(env, seed, profile)
     folder.mkdir(parents=True, exist_ok=True)
     ckpt = latest_checkpoint(folder)

@@ -128,3 +128,17 @@ def export(path, fmt, out, overwrite):
 
     written = export_store(path, fmt, out, overwrite=overwrite)
     click.echo(f"wrote {written}")
+
+
+@datasets.command()
+@click.argument("path", type=click.Path(path_type=Path))
+@click.option("--image-size", type=int, required=True, help="Side of the new square frames, in pixels (32-1024).")
+@click.option("--out", type=click.Path(path_type=Path), default=None,
+              help="New store (default: <stem>-<size>px.zarr next to PATH).")
+@click.option("--overwrite", is_flag=True, help="Replace an existing output store.")
+def rerender(path, image_size, out, overwrite):
+    """Re-render every frame of a store at another size from its physics states (no retraining)."""
+    from .collectors.rerender import rerender as rerender_store
+
+    written = rerender_store(path, image_size, out, overwrite=overwrite)
+    click.echo(f"wrote {written}")
