@@ -1,0 +1,65 @@
+"""``lompo-bench collect ENV --split SPLIT``: write a dataset store.
+
+Each split is one function in ``SPLIT_WRITERS`` taking the command's options; ``all``
+writes every split in order. Re-running the same command resumes an unfinished store.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from lompo_bench.profiles import DEFAULT_PROFILE, PROFILES, check as check_profile
+
+from .config import SPLIT_CHOICES, SPLITS, check_env, check_split
+
+
+def _random(env, split, opts) -> Path:
+    from .random_policy import collect_random
+
+    return collect_random(env, profile=opts["profile"], seed=opts["seed"], episodes=opts["episodes"],
+                          out=opts["out"], image_size=opts["image_size"], overwrite=opts["overwrite"],
+                          codec=opts["codec"])
+
+
+def _sac(env, split, opts) -> Path:
+    from .collect import collect_sac_split
+
+    size = None if opts["episodes"] is None else opts["episodes"] * _horizon(env, opts["profile"])
+    return collect_sac_split(env, split, profile=opts["profile"], seed=opts["seed"], out=opts["out"],
+                             image_size=opts["image_size"], overwrite=opts["overwrite"], size=size)
+
+
+def _horizon(env, profile) -> int:
+    from .config import budget
+    from .sac import horizon_of
+
+    return horizon_of(env, budget(env, profile))
+
+
+SPLIT_WRITERS = {"random": _random, "medium-replay": _sac, "medium-expert": _sac, "expert": _sac}
+
+
+@click.command()
+@click.argument("env")
+@click.option("--split", required=True, help=f"One of: {', '.join(SPLIT_CHOICES)}.")
+@click.option("--episodes", type=int, default=None,
+              help="Episodes to write (default: the profile's dataset size in whole episodes).")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--out", type=click.Path(path_type=Path), default=None,
+              help="Store path (default: $LOMPO_BENCH_HOME/datasets/[<profile>/]<env>/<split>.zarr).")
+@click.option("--profile", default=DEFAULT_PROFILE, show_default=True, help=f"One of: {', '.join(PROFILES)}.")
+@click.option("--image-size", type=int, default=None, help="Frame size in pixels (default: the profile's).")
+@click.option("--codec", default=None, help="Chunk codec, e.g. lz4hc-5 (default), zstd-3, none.")
+@click.option("--overwrite", is_flag=True, help="Replace an existing finished store.")
+def collect(env, split, **opts):
+    """Collect a dataset of ENV (walker, dclaw-screw, adroit-pen, sawyer-door) into a Zarr store."""
+    check_env(env)
+    check_profile(opts["profile"])
+    check_split(split)
+    if opts["out"] is not None and split == "all":
+        raise click.UsageError("--out names one store; with --split all the stores go to their default paths")
+    for name in (SPLITS if split == "all" else (split,)):
+        path = SPLIT_WRITERS[name](env, name, opts)
+        click.echo(f"wrote {path}")
