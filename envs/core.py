@@ -31,19 +31,35 @@ proprioception. :class:`ImageEnv` wraps any task the same way:
 from __future__ import annotations
 
 import abc
+import atexit
 import dataclasses
 import importlib
+import weakref
 from typing import Any
 
 import gymnasium as gym
 import mujoco
 import numpy as np
 
+from lompo_bench import rendering
 from lompo_bench.errors import UserError
 
 MIN_IMAGE_SIZE = 32
 MAX_IMAGE_SIZE = 1024
 PHYSICS_SPEC = mujoco.mjtState.mjSTATE_INTEGRATION
+
+
+_live_envs: "weakref.WeakSet[ImageEnv]" = weakref.WeakSet()
+_exit_hook_registered = False
+
+
+def _close_renderers() -> None:
+    # Free GL contexts before mujoco's exit hook tears the EGL display down; otherwise every
+    # live renderer prints an EGLError from its __del__ at interpreter exit. mujoco registers
+    # its hook when the first GL context is made, so ours is registered just after that
+    # (atexit runs hooks in reverse order of registration).
+    for env in list(_live_envs):
+        env._close_renderer()
 
 
 class Task(abc.ABC):
@@ -209,6 +225,7 @@ class ImageEnv(gym.Env):
 
     def _ensure_renderer(self) -> mujoco.Renderer:
         if self._renderer is None:
+            rendering.require_gl()
             model = self.task.model
             if self.fast_scene:
                 make_scene_fast(model, self.image_size)
@@ -216,6 +233,11 @@ class ImageEnv(gym.Env):
                 model.vis.global_.offwidth = max(int(model.vis.global_.offwidth), self.image_size)
                 model.vis.global_.offheight = max(int(model.vis.global_.offheight), self.image_size)
             self._renderer = mujoco.Renderer(model, self.image_size, self.image_size)
+            _live_envs.add(self)
+            global _exit_hook_registered
+            if not _exit_hook_registered:
+                atexit.register(_close_renderers)
+                _exit_hook_registered = True
             if self.fast_scene:
                 make_scene_flags_fast(self._renderer.scene)
             self._camera = make_camera(model, self.task.camera, self.task.free_camera)
@@ -307,8 +329,11 @@ class ImageEnv(gym.Env):
             info["shaped_reward"] = shaped
         return self._observation(), total, False, truncated, info
 
-    def close(self):
+    def _close_renderer(self) -> None:
         if self._renderer is not None:
             self._renderer.close()
             self._renderer = None
+
+    def close(self):
+        self._close_renderer()
         self.task.close()
