@@ -29,20 +29,23 @@ def leaderboard():
 @click.option("--no-verify", is_flag=True,
               help="Do not re-verify the runs' datasets (needed when a dataset is not on this machine); "
                    "the row records dataset_verified=false.")
-def publish(run_dirs, csv_path, no_verify):
+@click.option("--dry-run", is_flag=True, help="Check the runs and report, write nothing.")
+def publish(run_dirs, csv_path, no_verify, dry_run):
     """Append one row per finished run directory (its result.json) to the leaderboard.
 
     Each run's dataset is re-verified, its normalized score recomputed from the raw return
     and the dataset's reference returns; runs already published, with missing fields or with
     an incomplete or corrupt dataset are refused, one line each (exit status 1 if any was).
     """
-    report = csv_store.publish(run_dirs, csv_path, verify=not no_verify)
+    report = csv_store.publish(run_dirs, csv_path, verify=not no_verify, dry_run=dry_run)
+    verb = "would publish" if dry_run else "published"
     for run_dir, row in report.published:
-        click.echo(f"published {run_dir}: {row['algorithm']} {row['env']}/{row['split']} seed {row['seed']} "
+        click.echo(f"{verb} {run_dir}: {row['algorithm']} {row['env']}/{row['split']} seed {row['seed']} "
                    f"[{row['profile']}] score {row['normalized_score']:.1f} (run_id {row['run_id']})")
     for run_dir, reason in report.refused:
         click.echo(f"refused {run_dir}: {reason}", err=True)
-    click.echo(f"{len(report.published)} published, {len(report.refused)} refused -> {report.csv_path}")
+    click.echo(f"{len(report.published)} {verb}, {len(report.refused)} refused -> {report.csv_path}"
+               + (" (dry run: nothing written)" if dry_run else ""))
     if report.refused:
         click.get_current_context().exit(1)
 

@@ -354,9 +354,10 @@ class PublishReport:
     refused: list[tuple[Path, str]] = field(default_factory=list)
 
 
-def publish(run_dirs, csv_path: Path | str | None = None, *, verify: bool = True) -> PublishReport:
+def publish(run_dirs, csv_path: Path | str | None = None, *, verify: bool = True,
+            dry_run: bool = False) -> PublishReport:
     """Append one row per acceptable run directory, in one atomic write; refusals are reported,
-    not raised, so one bad run does not block the others."""
+    not raised, so one bad run does not block the others. ``dry_run``: check, write nothing."""
     csv_path = Path(csv_path) if csv_path is not None else default_csv_path()
     csv_path.parent.mkdir(parents=True, exist_ok=True)
     report = PublishReport(csv_path=csv_path)
@@ -376,6 +377,6 @@ def publish(run_dirs, csv_path: Path | str | None = None, *, verify: bool = True
                 continue
             seen[rid] = row
             report.published.append((run_dir, row))
-        if report.published or not csv_path.exists():
+        if not dry_run and (report.published or not csv_path.exists()):
             _write_atomic(csv_path, [row for _, row in report.published])
     return report

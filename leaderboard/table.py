@@ -10,6 +10,7 @@ Profiles are never mixed: the rows are grouped by profile (``paper``, then ``cpu
 algorithm, the interquartile mean of the normalized scores over all its cells and seeds with
 a 95% stratified-bootstrap interval (`scoring`), and the paper's IQM over the same cells.
 
+A cell marked ``†`` has runs published with ``--no-verify`` (dataset not re-verified).
 A seed published more than once for the same (algorithm, env, split, profile) counts once,
 with its latest row (by run timestamp), so re-running a seed replaces it in the table while
 the CSV keeps every row.
@@ -47,6 +48,7 @@ PROFILE_NOTES = {
 }
 FORMATS = ("md", "csv", "latex")
 EMPTY = "–"
+UNVERIFIED = "†"
 
 
 def title(algorithm: str) -> str:
@@ -67,6 +69,7 @@ def load_paper_table(path: Path = PAPER_TABLE) -> dict[tuple[str, str], dict[str
 @dataclass
 class Cell:
     scores: list[float]
+    unverified: int = 0  # runs published with --no-verify (dataset not re-checked)
 
     @property
     def n(self) -> int:
@@ -130,7 +133,9 @@ def build(rows: list[dict], profile: str | None = None, *, reps: int = 50_000) -
         mine = [r for r in rows if r["profile"] == prof]
         ours: dict[tuple[str, str, str], Cell] = {}
         for r in sorted(mine, key=lambda r: r["seed"]):
-            ours.setdefault((r["algorithm"], r["env"], r["split"]), Cell([])).scores.append(r["normalized_score"])
+            cell = ours.setdefault((r["algorithm"], r["env"], r["split"]), Cell([]))
+            cell.scores.append(r["normalized_score"])
+            cell.unverified += not r["dataset_verified"]
         cells = sorted(set(paper_cells) | {(e, s) for _, e, s in ours},
                        key=_cell_order)
         extra = sorted({a for a, _, _ in ours} - set(ALGORITHMS))
@@ -158,9 +163,10 @@ def _num(x: float | None) -> str:
 def cell_text(cell: Cell | None, pm: str = "±") -> str:
     if cell is None or cell.n == 0:
         return EMPTY
+    mark = UNVERIFIED if cell.unverified else ""
     if cell.std is None:
-        return f"{cell.mean:.1f} ({cell.n})"
-    return f"{cell.mean:.1f} {pm} {cell.std:.1f} ({cell.n})"
+        return f"{cell.mean:.1f} ({cell.n}){mark}"
+    return f"{cell.mean:.1f} {pm} {cell.std:.1f} ({cell.n}){mark}"
 
 
 def _block_heading(block: Block) -> str:
@@ -205,7 +211,8 @@ def render_md(blocks: list[Block], source: str = "leaderboard/leaderboard.csv") 
            "returns stored in each dataset (D4RL's definition). Each cell: mean ± sample std over "
            "seeds (number of seeds); the `paper` column beside it is the paper's Table I "
            "(`leaderboard/paper_table1.csv`: reference data, not results of this code). "
-           f"{EMPTY} = no runs.", ""]
+           f"{EMPTY} = no runs; {UNVERIFIED} = some of the cell's runs were published with `--no-verify` "
+           "(their dataset was not re-verified at publish time).", ""]
     for block in blocks:
         out += _md_block(block)
     return "\n".join(out).rstrip() + "\n"

@@ -216,6 +216,7 @@ def test_publish_reverifies_a_real_dataset(tmp_path):
     report = csv_store.publish([good, wrong_refs, other_data], out)
     assert [p for p, _ in report.published] == [good]
     assert csv_store.read_rows(out)[0]["dataset_verified"] is True
+    assert "| Walker Walk | expert | 50.0 (1) | 75.8 |" in table.render(csv_store.read_rows(out), reps=100)
     reasons = dict(report.refused)
     assert "expert return 600.0" in reasons[wrong_refs] and "stores 500.0" in reasons[wrong_refs]
     assert "the dataset the run trained on" in reasons[other_data]
@@ -327,8 +328,9 @@ def test_table_cells_and_blocks(small_board):
     # LOMPO walker/expert at smoke: seeds -> 60 (re-run), 50, 90: mean 66.7, sample std 20.8
     walker_expert = next(line for line in smoke.splitlines() if line.startswith("| Walker Walk | expert"))
     cells = [c.strip() for c in walker_expert.strip("|").split("|")]
-    assert cells[2:4] == ["66.7 ± 20.8 (3)", "75.8"]  # ours, then the paper's value beside it
-    assert cells[-2:] == ["10.0 (1)", "11.8"]  # BC, one seed
+    # ours, then the paper's value beside it; † = published with --no-verify
+    assert cells[2:4] == ["66.7 ± 20.8 (3)†", "75.8"]
+    assert cells[-2:] == ["10.0 (1)†", "11.8"]  # BC, one seed
     assert "20.0 (1)" not in smoke and "20.0 (1)" in cpu  # profiles are never mixed
     assert "| LOMPO | 66.7 |" in smoke  # IQM of 3 values = their mean
     tidy = list(csv.DictReader(io.StringIO(table.render(rows, "csv", profile="smoke", reps=2_000))))
@@ -353,6 +355,9 @@ def test_empty_table_shows_paper_values():
 def test_cli_publish_table_plot(tmp_path, small_board):
     runner = CliRunner()
     good = write_run(tmp_path, "new", seed=7)
+    before = small_board.read_bytes()
+    res = runner.invoke(leaderboard_cli, ["publish", str(good), "--csv", str(small_board), "--no-verify", "--dry-run"])
+    assert res.exit_code == 0 and "would publish" in res.output and small_board.read_bytes() == before
     bad = write_run(tmp_path, "bad", raw_return=420.0, normalized_score=1.0)
     res = runner.invoke(leaderboard_cli, ["publish", str(good), str(bad), "--csv", str(small_board), "--no-verify"])
     assert res.exit_code == 1
