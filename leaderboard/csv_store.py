@@ -157,8 +157,8 @@ def _resolve_dataset(result: dict, run_dir: Path) -> Path:
     return path
 
 
-def verify_dataset(path: Path, result: dict) -> tuple[float, float]:
-    """Re-verify the run's dataset and check it is the one the run used; its reference returns."""
+def verify_store(path: Path):
+    """Open and fully re-verify a dataset store (the expensive part: reads every chunk)."""
     from lompo_bench import store  # the store is only needed when verifying
 
     try:
@@ -169,6 +169,11 @@ def verify_dataset(path: Path, result: dict) -> tuple[float, float]:
     if problems:
         more = f" (+{len(problems) - 1} more)" if len(problems) > 1 else ""
         raise Refusal(f"dataset {path} fails verification: {problems[0]}{more}")
+    return dataset
+
+
+def match_dataset(dataset, path: Path, result: dict) -> tuple[float, float]:
+    """Check a verified dataset is the one the run used; its (random, expert) reference returns."""
     if dataset.checksum != result["dataset_checksum"]:
         raise Refusal(f"dataset {path} has checksum {dataset.checksum}, the run used "
                       f"{result['dataset_checksum']}; accepted: the dataset the run trained on")
@@ -189,7 +194,7 @@ def verify_dataset(path: Path, result: dict) -> tuple[float, float]:
 def row_from_result(result: dict, run_dir: Path, *, verify: bool = True,
                     verified_cache: dict | None = None) -> dict:
     """The CSV row of one finished run, or a `Refusal`. ``verified_cache`` maps a dataset path
-    to its verification outcome so a batch verifies each dataset once."""
+    to its verification outcome, so a batch verifies each dataset once."""
     check_fields(result)
     verified = False
     random, expert = float(result["random_return"]), float(result["expert_return"])
@@ -198,17 +203,16 @@ def row_from_result(result: dict, run_dir: Path, *, verify: bool = True,
         if not path.exists():
             raise Refusal(f"dataset {path} is not on this machine, so it cannot be re-verified; "
                           "publish where the dataset is, or pass --no-verify to trust the run's record")
-        key = (str(path.resolve()), result["dataset_checksum"], result["env"], result["split"],
-               result["random_return"], result["expert_return"])
         cache = verified_cache if verified_cache is not None else {}
+        key = str(path.resolve())
         if key not in cache:
             try:
-                cache[key] = verify_dataset(path, result)
+                cache[key] = verify_store(path)
             except Refusal as exc:
                 cache[key] = exc
         if isinstance(cache[key], Refusal):
             raise Refusal(cache[key].format_message())
-        random, expert = cache[key]
+        random, expert = match_dataset(cache[key], path, result)
         verified = True
     try:
         score = normalized_score(result["raw_return"], random, expert)
