@@ -23,11 +23,12 @@ from __future__ import annotations
 import csv
 import io
 from dataclasses import dataclass, field
+from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
 
-from lompo_bench.errors import UserError, choice_error
+from lompo_bench.errors import choice_error
 from lompo_bench.profiles import PROFILES
 
 from .scoring import Aggregate, aggregate, iqm
@@ -97,15 +98,17 @@ class Block:
     paper_iqm: dict[str, float] = field(default_factory=dict)  # over the cells we have runs in
 
 
+def _when(timestamp: str) -> datetime:
+    when = datetime.fromisoformat(timestamp)
+    return when if when.tzinfo else when.replace(tzinfo=timezone.utc)  # naive stamps are UTC
+
+
 def latest_per_seed(rows: list[dict]) -> list[dict]:
     """One row per (profile, algorithm, env, split, seed): the one with the latest timestamp."""
-    from datetime import datetime
-
     best: dict[tuple, dict] = {}
     for row in rows:
         key = (row["profile"], row["algorithm"], row["env"], row["split"], row["seed"])
-        when = datetime.fromisoformat(row["timestamp"])
-        if key not in best or when >= datetime.fromisoformat(best[key]["timestamp"]):
+        if key not in best or _when(row["timestamp"]) >= _when(best[key]["timestamp"]):
             best[key] = row
     return list(best.values())
 
@@ -136,8 +139,7 @@ def build(rows: list[dict], profile: str | None = None, *, reps: int = 50_000) -
             cell = ours.setdefault((r["algorithm"], r["env"], r["split"]), Cell([]))
             cell.scores.append(r["normalized_score"])
             cell.unverified += not r["dataset_verified"]
-        cells = sorted(set(paper_cells) | {(e, s) for _, e, s in ours},
-                       key=_cell_order)
+        cells = sorted(set(paper_cells) | {(e, s) for _, e, s in ours}, key=_cell_order)
         extra = sorted({a for a, _, _ in ours} - set(ALGORITHMS))
         block = Block(profile=prof, cells=cells, algorithms=list(ALGORITHMS) + extra, ours=ours, paper=paper)
         for algo in block.algorithms:
