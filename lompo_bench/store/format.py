@@ -79,7 +79,10 @@ def zarr_compressors(spec: str):
 
 
 def chunk_rows(row_shape: tuple, dtype, chunk_len: int) -> int:
-    """Rows per chunk for an array: ``chunk_len`` for images, about 256 KiB raw for small rows."""
+    """Rows per chunk for an array: ``chunk_len`` for images (rows of 2+ dims), about 256 KiB
+    raw (at least ``chunk_len``) for vectors and scalars."""
+    if len(row_shape) >= 2:
+        return chunk_len
     row_bytes = max(1, int(np.prod(row_shape, dtype=np.int64)) * np.dtype(dtype).itemsize)
     rows = 1 << max(0, int(np.floor(np.log2(max(1, (256 << 10) // row_bytes)))))
     return int(min(max(rows, chunk_len), 1 << 16))
