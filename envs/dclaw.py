@@ -181,6 +181,9 @@ class DClawScrewTask(Task):
         self.data.ctrl[:] = self.action_to_targets(action)
         angle_before = float(self.data.qpos[self._valve_qpos])
         mujoco.mj_step(self.model, self.data, nstep=SUBSTEPS)
+        # mj_step leaves positions/contacts of the last substep's start; recompute them so
+        # the rendered frame and the reward see the state that info["physics"] stores.
+        mujoco.mj_forward(self.model, self.data)
         turn_speed = (float(self.data.qpos[self._valve_qpos]) - angle_before) / (SUBSTEPS * self.model.opt.timestep)
         terms = self.reward_terms(self.data.qpos[self._finger_qpos], self.data.qvel[self._finger_qvel], turn_speed)
         return self.reward(terms), terms
@@ -234,7 +237,7 @@ SPEC = EnvSpec(
     reward_range=REWARD_RANGE,
     description=(
         "Three 3-DoF fingers turn a three-pronged valve counter-clockwise as fast as possible; "
-        "reward 5 x valve speed minus small pose and joint-speed costs; 9-D servo position targets; "
+        "reward 5 x valve speed minus pose and joint-speed costs; 9-D servo position targets; "
         "40 agent steps of 0.2 s"
     ),
     task="lompo_bench.envs.dclaw:DClawScrewTask",
