@@ -19,6 +19,10 @@ proprioception. :class:`ImageEnv` wraps any task the same way:
   as float64 (time, qpos, qvel, act, warm start, ctrl, applied forces, mocap poses, ...), so
   :meth:`ImageEnv.render_physics` re-renders exactly the live frame of that state, Meta-World's
   mocap-driven arm included.
+- **Consistency.** After the repeat, position-dependent quantities are recomputed
+  (``mj_fwdPosition``; plain ``mj_step`` leaves them one substep behind), so the image, the
+  state vector and a re-render from ``info["physics"]`` all show the same instant. The
+  dynamics are unaffected (no state variable changes).
 - **Rendering.** One ``mujoco.Renderer`` per env, created lazily. Before it is created the
   model's scene settings are made fast (no shadow map, no multisampling, no reflections, no
   skybox; see :func:`make_scene_fast`): on a software renderer this is what makes image
@@ -266,8 +270,15 @@ class ImageEnv(gym.Env):
                 f"physics state of shape {physics.shape} does not fit {self.env_spec.name}; "
                 f"accepted: ({self.physics_size},) float64 from info['physics']"
             )
-        mujoco.mj_setState(self.task.model, self.task.data, physics, PHYSICS_SPEC)
-        mujoco.mj_forward(self.task.model, self.task.data)
+        self._load_physics(physics)
+
+    def _load_physics(self, physics: np.ndarray) -> None:
+        model, data = self.task.model, self.task.data
+        mujoco.mj_setState(model, data, physics, PHYSICS_SPEC)
+        mujoco.mj_forward(model, data)
+        # mj_forward overwrites the solver warm start (part of the state) with the fresh
+        # acceleration; setting the state again keeps it exact. Kinematics do not depend on it.
+        mujoco.mj_setState(model, data, physics, PHYSICS_SPEC)
         self.task.after_set_state()
 
     def render_physics(self, physics: np.ndarray) -> np.ndarray:
@@ -277,9 +288,7 @@ class ImageEnv(gym.Env):
             self.set_physics(physics)
             return self._render_live()
         finally:
-            mujoco.mj_setState(self.task.model, self.task.data, live, PHYSICS_SPEC)
-            mujoco.mj_forward(self.task.model, self.task.data)
-            self.task.after_set_state()
+            self._load_physics(live)
 
     # -- Gymnasium API -------------------------------------------------------------------
 
@@ -319,6 +328,11 @@ class ImageEnv(gym.Env):
             success = success or bool(task_info.get("success", False))
             if "shaped_reward" in task_info:
                 shaped = (shaped or 0.0) + float(task_info["shaped_reward"])
+        # mj_step leaves positions-derived quantities (body poses, cameras, sites) at the
+        # state *before* its last integration; recompute them for the new state so the frame,
+        # the observation and a later re-render from info["physics"] all agree. Touches no
+        # state variable, so the dynamics are unchanged.
+        mujoco.mj_fwdPosition(self.task.model, self.task.data)
         self._steps += 1
         truncated = self._steps >= self.env_spec.horizon
         self._needs_reset = truncated
