@@ -15,7 +15,8 @@ steps/s on 2 CPU cores, i.e. ~290k steps per hour):
   Walker (~31 min at 80 steps/s, leaving time for evaluations and for rendering the three
   20K-transition datasets at 64 px); walker-walk SAC is well past half-expert by then, so
   the medium point exists and the final policy walks. The other tasks get 100k-150k.
-- ``smoke``: seconds (a few hundred SAC steps, 40-step episodes, tiny datasets, 32 px).
+- ``smoke``: seconds (300 SAC steps with 64x64 networks, 25-step episodes, 50-transition
+  datasets, 32 px): it exercises every code path, it does not learn.
   Smoke episodes are shortened with a time limit (recorded in the dataset attributes as
   ``env.horizon``); everything else follows the same code path as the real profiles.
 """
@@ -78,6 +79,8 @@ class CollectBudget:
     dataset_size: int  # transitions per dataset (whole episodes, see splits.py)
     image_size: int | None  # None: the paper's image size for the env
     learning_starts: int | None = None  # overrides SACConfig.learning_starts
+    net_arch: tuple[int, ...] | None = None  # overrides SACConfig.net_arch (smoke: tiny networks)
+    batch_size: int | None = None  # overrides SACConfig.batch_size
     horizon: int | None = None  # shortens episodes (smoke only); None: the env's horizon
     log_chunk_rows: int = 20_000  # replay-log rows per chunk file
 
@@ -95,9 +98,9 @@ def _cpu(env: str) -> CollectBudget:
 
 
 def _smoke(env: str) -> CollectBudget:
-    return CollectBudget(sac_steps=400, eval_every=100, eval_episodes=2, checkpoint_every=100,
-                         random_episodes=3, dataset_size=80, image_size=32, learning_starts=100,
-                         horizon=40, log_chunk_rows=150)
+    return CollectBudget(sac_steps=300, eval_every=100, eval_episodes=2, checkpoint_every=100,
+                         random_episodes=2, dataset_size=50, image_size=32, learning_starts=100,
+                         net_arch=(64, 64), batch_size=64, horizon=25, log_chunk_rows=60)
 
 
 _BUDGETS = {"paper": _paper, "cpu": _cpu, "smoke": _smoke}

@@ -63,7 +63,9 @@ import torch
 
 from lompo_bench import paths
 from lompo_bench.errors import UserError
+from lompo_bench.provenance import stamp
 
+from . import reference, splits
 from .config import CollectBudget, SACConfig, budget as get_budget, check_env, sac_config
 
 EVAL_SEED_BASE = 10_000  # evaluation episode j resets with seed EVAL_SEED_BASE + j
@@ -358,7 +360,8 @@ def effective_config(env: str, budget: CollectBudget) -> SACConfig:
 
     cfg = sac_config(env)
     warmup = budget.learning_starts if budget.learning_starts is not None else cfg.learning_starts
-    return dataclasses.replace(cfg, learning_starts=warmup, buffer_size=min(cfg.buffer_size, budget.sac_steps))
+    return dataclasses.replace(cfg, learning_starts=warmup, buffer_size=min(cfg.buffer_size, budget.sac_steps),
+                               net_arch=budget.net_arch or cfg.net_arch, batch_size=budget.batch_size or cfg.batch_size)
 
 
 def _new_model(env_name: str, vec_env, cfg: SACConfig, budget: CollectBudget, seed: int):
@@ -490,17 +493,12 @@ def train(env: str, seed: int = 0, profile: str = "paper", *, progress: bool = T
     model.save(folder / "final" / "model.tmp.zip")
     os.replace(folder / "final" / "model.tmp.zip", folder / "final" / "model.zip")
 
-    from .reference import random_returns
-
-    rand = random_returns(env, profile)
-    from .splits import medium_point
-
+    rand = reference.random_returns(env, profile)
     final_eval = state["curve"][-1]
     horizon = horizon_of(env, budget)
-    medium = medium_point(state["curve"], rand["mean_train_return"], final_eval["mean_train_return"],
+    medium = splits.medium_point(state["curve"], rand["mean_train_return"], final_eval["mean_train_return"],
                           min_step=horizon, max_step=model.num_timesteps - horizon)
     wall = state["wall_time_s"] + time.time() - t0[0]
-    from lompo_bench.provenance import stamp
 
     result = {
         "env": env, "seed": seed, "profile": profile, "sac_steps": model.num_timesteps,
