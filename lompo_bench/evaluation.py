@@ -23,10 +23,26 @@ def policy_view(obs: dict) -> dict[str, np.ndarray]:
     return {k: obs[k] for k in POLICY_KEYS if k in obs}
 
 
+def make_eval_env(env: str, *, image_size: int | None = None, horizon: int | None = None, seed: int | None = None):
+    """The env a dataset's policy is evaluated in: the dataset's image size and horizon.
+
+    Smoke datasets shorten episodes (their `env.horizon` attribute); the evaluation episodes
+    must be as long as those the dataset's reference returns were measured on."""
+    import gymnasium as gym
+
+    from lompo_bench import envs
+
+    made = envs.make(env, image_size=image_size, seed=seed)
+    if horizon is not None and horizon < envs.SPECS[env].horizon:
+        made = gym.wrappers.TimeLimit(made, max_episode_steps=int(horizon))
+    return made
+
+
 def evaluate(policy, env, *, episodes: int = 10, seed: int = 0, image_size: int | None = None) -> dict:
     """Run `episodes` episodes of `policy` (a `lompo_bench.algorithms.base.Policy`) in `env`.
 
-    `env` is an env name (made here with `image_size`, the dataset's) or a made env.
+    `env` is an env name (made here with `image_size`, the dataset's, and the env's own
+    horizon) or a made env (see `make_eval_env`).
     Returns `returns`, `lengths` (per episode), `mean_return`, `std_return` and
     `success_rate` (fraction of episodes with `info["success"]` at any step; None where the
     task does not define success)."""
@@ -34,9 +50,7 @@ def evaluate(policy, env, *, episodes: int = 10, seed: int = 0, image_size: int 
         raise UserError(f"evaluation episodes must be >= 1, got {episodes}")
     own_env = isinstance(env, str)
     if own_env:
-        from lompo_bench import envs
-
-        env = envs.make(env, image_size=image_size, seed=seed)
+        env = make_eval_env(env, image_size=image_size, seed=seed)
     try:
         import torch
 

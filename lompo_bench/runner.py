@@ -400,7 +400,7 @@ def run(algo: str, env: str, split: str | None = None, *, seed: int = 0, profile
 
     from lompo_bench import registry
     from lompo_bench.algorithms.base import DataSpec, config_fields
-    from lompo_bench.evaluation import evaluate, finite_or_none
+    from lompo_bench.evaluation import evaluate, finite_or_none, make_eval_env
 
     def say(msg: str) -> None:
         tqdm.write(msg, file=sys.stderr)
@@ -461,7 +461,7 @@ def run(algo: str, env: str, split: str | None = None, *, seed: int = 0, profile
     metrics_log.truncate_after(start_step)
     eval_log.truncate_after(start_step)
     tb = tensorboard_writer(run_dir)
-    eval_env = envs.make(env, image_size=spec.image_shape[0], seed=seed)
+    eval_env = make_eval_env(env, image_size=spec.image_shape[0], horizon=spec.horizon, seed=seed)
     eval_seed = 1_000_000 + 1000 * seed  # far from the collectors' seeds, same for every evaluation of a run
 
     def score(ret):
@@ -536,7 +536,9 @@ def run(algo: str, env: str, split: str | None = None, *, seed: int = 0, profile
                 else:
                     eta_probe["steps"] += 1
                     elapsed = now - eta_probe["start"]
-                    if elapsed >= 2.0 or eta_probe["steps"] >= 20 or step == total:
+                    if step == total:
+                        eta_probe["done"] = True  # too short to need an estimate
+                    elif elapsed >= 2.0 or eta_probe["steps"] >= 20:
                         eta_probe["done"] = True
                         per_step = elapsed / eta_probe["steps"]
                         eta = per_step * (total - step)
