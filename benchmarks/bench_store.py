@@ -1,0 +1,340 @@
+"""The dataset store against the formats users have today, side by side in one run.
+
+Workload (issue 3): batches of 64 windows x 50 consecutive 64x64 RGB frames inside one
+episode, uniform random starts, one process. Data: real walker frames from
+``lompo_bench.envs`` (uniform-random policy, 501-frame episodes), rendered once and cached
+under ``bench-output/``; larger datasets repeat those episodes (the codecs see real frames;
+each chunk is compressed on its own, so repetition does not flatter the ratio).
+
+Sections:
+1. codecs: compression ratio, write throughput (through ``DatasetWriter``, zarr included)
+   and decode throughput, per codec, on the rendered frames;
+2. chunk length: cold / warm window sampling for 16, 32 and 64-frame chunks;
+3. window sampling, frames/s and x in-memory: NumPy array in RAM (the ceiling), our store
+   with a warm cache (holds the data) and a cold one (a cache far smaller than the data, so
+   nearly every chunk is decoded), plain zarr slicing of the same store, per-episode npz
+   files opened per window (V-D4RL / LOMPO style) and all loaded at start, and a
+   Minari-layout HDF5 file (episode groups, gzip; minari itself is not installed here);
+4. peak RSS of a fresh process sampling from a store larger than its cache cap
+   (default: ~0.6 GB store under a 0.15 GB cache; ``--large``: ~3 GB under 0.75 GB).
+
+Files stay in the OS page cache (we do not drop it), as in ``format-measurements.md``.
+The machine is shared: figures vary with the load of other processes.
+
+    python benchmarks/bench_store.py [--episodes 40] [--large] [--quick]
+Writes bench-output/bench_store.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+OUT = ROOT / "bench-output"
+WORK = OUT / "bench_store"
+B, L, SIZE = 64, 50, 64
+RENDERED_EPISODES = 8
+CODECS = ["none", "lz4-5", "lz4hc-5", "lz4hc-9", "zstd-1", "zstd-3", "zstd-5", "zstd-3-bitshuffle", "lz4-5-shuffle"]
+ATTRS = {"env": {"name": "walker", "image_size": SIZE}, "split": "bench", "collector": {"algorithm": "random"}}
+
+
+# -- data ----------------------------------------------------------------------------------
+def rendered_episodes() -> list[np.ndarray]:
+    """Real walker episodes (uniform-random policy) at 64 px: ``RENDERED_EPISODES`` x (501, 64, 64, 3)."""
+    cache = OUT / "walker_random_64px.npz"
+    if cache.exists():
+        z = np.load(cache)
+        return [z[f"ep{i}"] for i in range(RENDERED_EPISODES)]
+    from lompo_bench.collectors.random_policy import make_env, random_episode
+
+    sim = make_env("walker", SIZE, 500)
+    t = time.perf_counter()
+    eps = [random_episode(sim, 0, i)["image"] for i in range(RENDERED_EPISODES)]
+    sim.close()
+    print(f"rendered {RENDERED_EPISODES} walker episodes in {time.perf_counter() - t:.0f} s")
+    OUT.mkdir(exist_ok=True)
+    np.savez(cache, **{f"ep{i}": e for i, e in enumerate(eps)})
+    return eps
+
+
+def episode_arrays(image: np.ndarray) -> dict:
+    n = len(image)
+    return {"image": image, "action": np.zeros((n, 6), np.float32), "reward": np.zeros(n, np.float32),
+            "is_first": np.arange(n) == 0, "is_last": np.arange(n) == n - 1, "is_terminal": np.zeros(n, bool)}
+
+
+def write_store(path: Path, eps: list[np.ndarray], n_episodes: int, codec: str, chunk_len: int) -> float:
+    """Write ``n_episodes`` (cycling through ``eps``); returns image frames written per second."""
+    from lompo_bench.store import DatasetWriter
+
+    if path.exists():
+        shutil.rmtree(path)
+    t = time.perf_counter()
+    w = DatasetWriter.open(path, ATTRS, codec=codec, chunk_len=chunk_len)
+    frames = 0
+    for i in range(n_episodes):
+        w.add_episode(episode_arrays(eps[i % len(eps)]))
+        frames += len(eps[i % len(eps)])
+    w.finalize()
+    return frames / (time.perf_counter() - t)
+
+
+def disk_bytes(path: Path) -> int:
+    path = Path(path)
+    return path.stat().st_size if path.is_file() else sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
+
+
+# -- samplers (all draw the same starts) -----------------------------------------------------
+def throughput(sample, starts_batches, min_time: float) -> float:
+    """Frames/s of ``sample(starts)`` over batches until ``min_time`` seconds have passed."""
+    frames, t0, i = 0, time.perf_counter(), 0
+    while True:
+        sample(starts_batches[i % len(starts_batches)])
+        frames += B * L
+        i += 1
+        elapsed = time.perf_counter() - t0
+        if elapsed >= min_time and i >= 2:
+            return frames / elapsed
+
+
+def bench_sampling(eps, n_episodes, chunk_len, min_time) -> list[dict]:
+    import h5py
+    import zarr
+
+    from lompo_bench.store import Dataset
+
+    store = WORK / f"sample_c{chunk_len}.zarr"
+    write_store(store, eps, n_episodes, "lz4hc-5", chunk_len)
+    ds_probe = Dataset.open(store, cache_bytes=0)
+    ends, starts_ep = ds_probe.episode_ends, ds_probe.episode_starts
+    rng = np.random.default_rng(0)
+    batches = [ds_probe.sample_starts(B, L, rng) for _ in range(200)]
+    raw = ds_probe.num_rows * SIZE * SIZE * 3
+    rows = []
+
+    def row(fmt, fps, disk, extra=None):
+        rows.append({"format": fmt, "frames_per_s": fps, "disk_mb": disk / 1e6, **(extra or {})})
+        print(f"  {fmt:<58} {fps / 1e3:8.1f}k frames/s")
+
+    # 1. the ceiling: one NumPy array in RAM
+    memory = np.concatenate([eps[i % len(eps)] for i in range(n_episodes)])
+    row("NumPy array in RAM (ceiling)", throughput(lambda s: np.stack([memory[a:a + L] for a in s]), batches,
+                                                   min_time), raw)
+    ceiling = rows[-1]["frames_per_s"]
+
+    # 2. our store, warm (cache holds everything) and cold (cache << data)
+    warm = Dataset.open(store, cache_bytes=2 * raw)
+    for s in batches[:50]:
+        warm._gather("image", s, L)
+    warm.array("image")  # make sure every chunk has been decoded once
+    for s in batches[:5]:
+        warm._gather("image", s, L)
+    row("lompo-bench store, warm cache", throughput(lambda s: warm._gather("image", s, L), batches, min_time),
+        disk_bytes(store / "data/image"), {"cache_mb": warm.cache.nbytes / 1e6})
+    cold = Dataset.open(store, cache_bytes=8 << 20)
+    row("lompo-bench store, cold cache (8 MB cap, decode per batch)",
+        throughput(lambda s: cold._gather("image", s, L), batches, min_time), disk_bytes(store / "data/image"))
+    del warm
+
+    # 3. plain zarr slicing of the same array
+    zarr_image = zarr.open_array(str(store / "data/image"), mode="r")
+    row("zarr v3 plain slicing, same store", throughput(lambda s: np.stack([zarr_image[a:a + L] for a in s]),
+                                                        batches, min_time), disk_bytes(store / "data/image"))
+
+    # 4. per-episode npz files (V-D4RL / LOMPO): opened per window, and all loaded at start
+    npz_dir = WORK / "npz"
+    if not npz_dir.exists():
+        npz_dir.mkdir(parents=True)
+        for i in range(n_episodes):
+            np.savez_compressed(npz_dir / f"ep{i:05d}.npz", image=eps[i % len(eps)])
+    ep_of = np.searchsorted(ends, np.arange(ds_probe.num_rows), side="right")
+
+    def npz_per_window(s):
+        return np.stack([np.load(npz_dir / f"ep{ep_of[a]:05d}.npz")["image"][a - starts_ep[ep_of[a]]:][:L] for a in s])
+
+    row("per-episode npz, opened per window", throughput(npz_per_window, batches, min_time / 3), disk_bytes(npz_dir))
+    t = time.perf_counter()
+    loaded = [np.load(npz_dir / f"ep{i:05d}.npz")["image"] for i in range(n_episodes)]
+    load_s = time.perf_counter() - t
+    row("per-episode npz, all loaded at start",
+        throughput(lambda s: np.stack([loaded[ep_of[a]][a - starts_ep[ep_of[a]]:][:L] for a in s]), batches, min_time),
+        disk_bytes(npz_dir), {"load_s": load_s})
+    del loaded
+
+    # 5. Minari layout: one HDF5 file, a group per episode, observations gzip-compressed
+    h5 = WORK / "minari_layout.hdf5"
+    if not h5.exists():
+        with h5py.File(h5, "w") as f:
+            for i in range(n_episodes):
+                f.create_dataset(f"episode_{i}/observations", data=eps[i % len(eps)], chunks=True, compression="gzip")
+    with h5py.File(h5, "r") as f:
+        dsets = [f[f"episode_{i}/observations"] for i in range(n_episodes)]
+        row("Minari-layout HDF5 (episode groups, gzip), h5py slicing",
+            throughput(lambda s: np.stack([dsets[ep_of[a]][a - starts_ep[ep_of[a]]:a - starts_ep[ep_of[a]] + L]
+                                           for a in s]), batches, min_time / 3), disk_bytes(h5))
+    for r in rows:
+        r["x_in_memory"] = r["frames_per_s"] / ceiling
+    return rows
+
+
+def bench_codecs(eps, codecs) -> list[dict]:
+    from lompo_bench.store import Dataset
+
+    rows = []
+    raw = sum(e.nbytes for e in eps)
+    for codec in codecs:
+        path = WORK / f"codec_{codec}.zarr"
+        write_fps = write_store(path, eps, len(eps), codec, 32)
+        ds = Dataset.open(path, cache_bytes=0)
+        reader = ds.reader("image")
+        t = time.perf_counter()
+        for c in range(reader.num_chunks):
+            reader.read_chunk(c)
+        decode_fps = reader.num_chunks * reader.chunk_rows / (time.perf_counter() - t)
+        disk = disk_bytes(path / "data/image")
+        rows.append({"codec": codec, "ratio": raw / disk, "disk_mb": disk / 1e6, "write_frames_per_s": write_fps,
+                     "decode_frames_per_s": decode_fps})
+        print(f"  {codec:<20} ratio {raw / disk:5.2f}  write {write_fps / 1e3:6.1f}k fr/s  "
+              f"decode {decode_fps / 1e3:6.1f}k fr/s")
+        shutil.rmtree(path)
+    return rows
+
+
+def bench_chunk_len(eps, n_episodes, min_time) -> list[dict]:
+    from lompo_bench.store import Dataset
+
+    rows = []
+    for chunk_len in (16, 32, 64):
+        path = WORK / f"chunks_{chunk_len}.zarr"
+        write_store(path, eps, n_episodes, "lz4hc-5", chunk_len)
+        probe = Dataset.open(path, cache_bytes=0)
+        rng = np.random.default_rng(0)
+        batches = [probe.sample_starts(B, L, rng) for _ in range(100)]
+        cold = Dataset.open(path, cache_bytes=8 << 20)
+        cold_fps = throughput(lambda s: cold._gather("image", s, L), batches, min_time)
+        warm = Dataset.open(path, cache_bytes=1 << 40)
+        warm.array("image")
+        for s in batches:
+            warm._gather("image", s, L)
+        warm_fps = throughput(lambda s: warm._gather("image", s, L), batches, min_time)
+        ratio = probe.num_rows * SIZE * SIZE * 3 / disk_bytes(path / "data/image")
+        rows.append({"chunk_len": chunk_len, "ratio": ratio, "cold_frames_per_s": cold_fps,
+                     "warm_frames_per_s": warm_fps})
+        print(f"  chunk {chunk_len:>3}: ratio {ratio:5.2f}  cold {cold_fps / 1e3:6.1f}k fr/s  "
+              f"warm {warm_fps / 1e3:6.1f}k fr/s")
+        del warm
+        shutil.rmtree(path)
+    return rows
+
+
+def bench_rss(eps, store_gb: float, cache_gb: float, seconds: float) -> dict:
+    episodes = int(np.ceil(store_gb * 1e9 / eps[0].nbytes))
+    path = WORK / f"rss_{store_gb:g}gb.zarr"
+    marker = path / ".episodes"
+    if not (marker.exists() and marker.read_text() == str(episodes)):
+        t = time.perf_counter()
+        fps = write_store(path, eps, episodes, "lz4hc-5", 32)
+        marker.write_text(str(episodes))
+        print(f"  wrote {episodes} episodes ({store_gb:g} GB raw) at {fps / 1e3:.1f}k frames/s "
+              f"in {time.perf_counter() - t:.0f} s")
+    child = subprocess.run([sys.executable, __file__, "--rss-child", str(path), str(int(cache_gb * 1e9)),
+                            str(seconds)], capture_output=True, text=True, check=True)
+    result = json.loads(child.stdout.strip().splitlines()[-1])
+    result.update(store_raw_gb=episodes * eps[0].nbytes / 1e9, store_disk_gb=disk_bytes(path) / 1e9,
+                  cache_cap_gb=cache_gb)
+    print(f"  store {result['store_raw_gb']:.2f} GB raw ({result['store_disk_gb']:.2f} GB on disk), cache cap "
+          f"{cache_gb:g} GB: peak RSS {result['peak_rss_gb']:.2f} GB (after imports {result['base_rss_gb']:.2f}), "
+          f"cache {result['cache_gb']:.2f} GB, {result['frames_per_s'] / 1e3:.1f}k frames/s")
+    return result
+
+
+def rss_child(path: str, cache_bytes: int, seconds: float):
+    from lompo_bench.store import Dataset
+
+    def peak_gb():
+        # VmHWM, not ru_maxrss: Linux carries ru_maxrss over from the (large) parent across exec.
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024 / 1e9
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / 1e9
+
+    base = peak_gb()
+    ds = Dataset.open(path, cache_bytes=cache_bytes)
+    rng = np.random.default_rng(0)
+    frames, t0 = 0, time.perf_counter()
+    while time.perf_counter() - t0 < seconds:
+        ds.sample_windows(B, L, rng, keys=["image", "action", "reward", "is_first"])
+        frames += B * L
+    print(json.dumps({"peak_rss_gb": peak_gb(), "base_rss_gb": base, "cache_gb": ds.cache.nbytes / 1e9,
+                      "frames_per_s": frames / (time.perf_counter() - t0)}))
+
+
+def table(rows, cols):
+    widths = [max(len(c), *(len(_fmt(r.get(c))) for r in rows)) for c in cols]
+    print(" | ".join(c.ljust(w) for c, w in zip(cols, widths)))
+    print("-|-".join("-" * w for w in widths))
+    for r in rows:
+        print(" | ".join(_fmt(r.get(c)).ljust(w) for c, w in zip(cols, widths)))
+
+
+def _fmt(v):
+    if isinstance(v, float):
+        return f"{v / 1e3:.1f}k" if v >= 1e3 else f"{v:.3g}"
+    return "" if v is None else str(v)
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--episodes", type=int, default=40, help="episodes of the sampling dataset (501 frames each)")
+    p.add_argument("--large", action="store_true", help="RSS check on a ~3 GB store under a 0.75 GB cache")
+    p.add_argument("--quick", action="store_true", help="fewer codecs, shorter timings")
+    p.add_argument("--rss-child", nargs=3, help=argparse.SUPPRESS)
+    args = p.parse_args()
+    if args.rss_child:
+        return rss_child(args.rss_child[0], int(args.rss_child[1]), float(args.rss_child[2]))
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    WORK.mkdir(parents=True, exist_ok=True)
+    min_time = 1.0 if args.quick else 3.0
+    eps = rendered_episodes()
+    results = {"workload": f"{B} windows x {L} frames of {SIZE}x{SIZE}x3 uint8, walker random-policy frames",
+               "machine": _machine()}
+    print(f"== codecs ({RENDERED_EPISODES} rendered episodes, {sum(e.nbytes for e in eps) / 1e6:.0f} MB raw, 32-frame chunks)")
+    results["codecs"] = bench_codecs(eps, CODECS[:4] if args.quick else CODECS)
+    print(f"== chunk length (lz4hc-5, {args.episodes} episodes)")
+    results["chunk_len"] = bench_chunk_len(eps, args.episodes, min_time)
+    print(f"== window sampling ({args.episodes} episodes x 501 frames = "
+          f"{args.episodes * eps[0].nbytes / 1e6:.0f} MB raw)")
+    results["sampling"] = bench_sampling(eps, args.episodes, 32, min_time)
+    store_gb, cache_gb = (3.0, 0.75) if args.large else (0.6, 0.15)
+    print(f"== peak RSS, store {store_gb:g} GB raw under a {cache_gb:g} GB cache")
+    results["rss"] = bench_rss(eps, store_gb, cache_gb, 20.0 if args.large else 8.0)
+
+    print("\ncodecs (real 64 px walker frames):")
+    table(results["codecs"], ["codec", "ratio", "disk_mb", "write_frames_per_s", "decode_frames_per_s"])
+    print("\nchunk length:")
+    table(results["chunk_len"], ["chunk_len", "ratio", "cold_frames_per_s", "warm_frames_per_s"])
+    print("\nwindow sampling:")
+    table(results["sampling"], ["format", "frames_per_s", "x_in_memory", "disk_mb"])
+    out = OUT / "bench_store.json"
+    out.write_text(json.dumps(results, indent=2))
+    print(f"\nwrote {out}")
+
+
+def _machine() -> str:
+    from lompo_bench.provenance import hardware
+
+    return hardware() + f", load average {os.getloadavg()[0]:.1f}"
+
+
+if __name__ == "__main__":
+    main()
