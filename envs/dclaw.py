@@ -6,16 +6,20 @@ reward for turning. ROBEL itself (``robel`` 0.1.2) cannot be installed today (gy
 mujoco-py 2.0), so the robot is rebuilt here on the ``mujoco`` bindings from ROBEL's
 published description; the model is ``assets/dclaw_screw.xml`` (primitives, no meshes).
 
-Robot. Three identical fingers hang from a ring 120 degrees apart (at 90, 210, 330
-degrees around the valve axis). Each finger is a chain of three servos: ``top`` swings
-the finger sideways (range +-0.48 rad, positive moves the fingertip counter-clockwise
-seen from above), ``mid`` and ``bot`` bend it (ranges +-pi/3 and +-pi/2 rad, negative
-bends toward the valve axis). Links are 4.5, 6.8 and 7.0 cm, each servo housing about
-80 g, fingertips are rubber-capped spheres (friction 1.2). Servos are MuJoCo position
-actuators (kp 2 N m/rad, torque limit 3 N m, joint damping 0.1, armature 0.001): ROBEL's
-published gains. The valve (hub and three 9 cm prongs, one red so the angle is visible
-in images) spins freely about the vertical axis with viscous damping 0.05 N m s/rad and
-dry friction 0.005 N m, so it stops soon after the fingers let go.
+Robot. Three identical fingers hang from a ring of radius 10 cm, 120 degrees apart (at
+90, 210, 330 degrees around the valve axis). Each finger is a chain of three servos:
+``top`` swings the finger sideways (range +-0.48 rad, positive moves the fingertip
+counter-clockwise seen from above), ``mid`` and ``bot`` bend it (ranges +-pi/3 and
++-pi/2 rad, negative bends toward the valve axis). Links are 4.5, 6.8 and 8.5 cm, each
+servo housing 80 g, fingertips rubber-capped spheres (friction 1.2). Servos are MuJoCo
+position actuators with ROBEL's published gains (kp 2 N m/rad, joint damping 0.1,
+armature 0.001) and a 3 N m torque limit (the Dynamixel's stall torque is 3-4 N m). The
+valve, a hub with three fat prongs reaching 10 cm from its axis (one red, so the angle
+is visible in images), spins freely about the vertical axis with viscous damping 0.05
+N m s/rad (ROBEL: 0.1 nominal, 0.005-0.1 randomised) and dry friction 0.005 N m, so it
+stops soon after the fingers let go: turning it continuously takes continuous work.
+Sweeping the ``top`` joints while pressing down covers about 170 degrees per finger, so
+every finger can reach a prong from any valve angle.
 
 Timing. Physics timestep 0.0025 s; one base control step is 40 substeps = 0.1 s (ROBEL's
 frame skip; the authors' fork runs 80-step episodes at 0.1 s per step). The env applies
@@ -46,8 +50,9 @@ The cost weights (0.1, 0.05; ROBEL's own turn task uses 1 and 1) are ours: the a
 fork states the form, not the weights, and with unit weights holding still (return about
 -4) would beat most turning policies and score about 90 on the normalised scale. With
 these weights turning dominates: holding the nominal pose earns about 0 per episode, the
-uniform random policy about -45 (it barely moves the valve), a scripted four-phase gait
-(press, sweep, lift, return) about +300 (7 rad in 8 s). Per base step the reward lies in
+uniform random policy about -50 (it barely moves the valve), the scripted gait in
+``tests/test_dclaw.py`` (press behind a prong, sweep counter-clockwise, lift, swing back)
+about +300 (7 rad in 8 s). Per base step the reward lies in
 ``BASE_REWARD_RANGE`` = (-32.3, 31.4); per agent step in ``REWARD_RANGE`` = (-64.6, 62.8).
 ``info`` from :meth:`DClawScrewTask.step` holds the raw terms.
 
@@ -180,10 +185,8 @@ class DClawScrewTask(Task):
             raise UserError(f"D'Claw action of shape {action.shape} not accepted; accepted: shape (9,), values in [-1, 1]")
         self.data.ctrl[:] = self.action_to_targets(action)
         angle_before = float(self.data.qpos[self._valve_qpos])
+        # (the env recomputes body poses for the new state before rendering)
         mujoco.mj_step(self.model, self.data, nstep=SUBSTEPS)
-        # mj_step leaves positions/contacts of the last substep's start; recompute them so
-        # the rendered frame and the reward see the state that info["physics"] stores.
-        mujoco.mj_forward(self.model, self.data)
         turn_speed = (float(self.data.qpos[self._valve_qpos]) - angle_before) / (SUBSTEPS * self.model.opt.timestep)
         terms = self.reward_terms(self.data.qpos[self._finger_qpos], self.data.qvel[self._finger_qvel], turn_speed)
         return self.reward(terms), terms
