@@ -73,9 +73,9 @@ def _rows_to_arrays(rows: dict[str, np.ndarray], env: str, image_size: int) -> d
 
 def collect_sac_split(env: str, split: str, *, profile: str = "paper", seed: int = 0, out: Path | None = None,
                       image_size: int | None = None, overwrite: bool = False, size: int | None = None,
-                      progress: bool = True) -> Path:
+                      codec: str | None = None, progress: bool = True) -> Path:
     """Write one SAC split; returns the store path."""
-    from lompo_bench.store import DatasetWriter
+    from lompo_bench.store import DEFAULT_CODEC, DatasetWriter
 
     check_env(env)
     if split not in SAC_SPLITS:
@@ -119,7 +119,7 @@ def collect_sac_split(env: str, split: str, *, profile: str = "paper", seed: int
         collector["training_episodes"] = [e["episode"] for e in chosen]
     attrs = {"env": env_attrs, "split": split, "profile": profile, "collector": collector,
              "reference_returns": reference_returns(result)}
-    writer = DatasetWriter.open(out, attrs, overwrite=overwrite)
+    writer = DatasetWriter.open(out, attrs, overwrite=overwrite, codec=codec or DEFAULT_CODEC)
 
     bar = None
     if progress:
