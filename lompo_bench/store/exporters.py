@@ -113,6 +113,8 @@ def _write_hdf5(ds: Dataset, tmp: Path):
 
 
 def _export_minari(ds: Dataset, out, overwrite: bool) -> Path:
+    """A local Minari dataset (minari >= 0.5 API: ``EpisodeBuffer`` + ``create_dataset_from_buffers``),
+    Dict observations ``image`` [+ ``proprio``] + ``state``, spaces built from the store's shapes."""
     if importlib.util.find_spec("minari") is None:
         raise UserError("Minari export needs the minari package, which is not installed: pip install minari "
                         "(or use --format npz / hdf5)")
@@ -120,25 +122,25 @@ def _export_minari(ds: Dataset, out, overwrite: bool) -> Path:
     import minari
     from minari.data_collector import EpisodeBuffer
 
-    from ..envs import make
-
     dataset_id = str(out) if out else f"lompo-bench/{ds.env}-{ds.split}-v0"
     if dataset_id in minari.list_local_datasets():
         if not overwrite:
             raise UserError(f"Minari dataset {dataset_id!r} exists; pass --overwrite to replace it")
         minari.delete_dataset(dataset_id)
     obs_keys = [k for k in ("image", "proprio", "state") if k in ds.keys]
-    env = make(ds.env, image_size=ds.attrs.get("env", {}).get("image_size"))
+
+    def box(key, low, high):
+        return gym.spaces.Box(low, high, ds.shape(key)[1:], ds.reader(key).dtype)
+
+    obs_space = gym.spaces.Dict({k: box(k, 0, 255) if k == "image" else box(k, -np.inf, np.inf) for k in obs_keys})
     buffers = []
     for e in range(ds.num_episodes):
         ep = ds.episode(e)
         buffers.append(EpisodeBuffer(
             id=e, observations={k: ep[k] for k in obs_keys}, actions=ep["action"][1:], rewards=ep["reward"][1:],
-            terminations=ep["is_terminal"][1:], truncations=ep["is_last"][1:] & ~ep["is_terminal"][1:],
-            infos={}))
+            terminations=ep["is_terminal"][1:], truncations=ep["is_last"][1:] & ~ep["is_terminal"][1:], infos={}))
     minari.create_dataset_from_buffers(
-        dataset_id=dataset_id, buffer=buffers, env=env,
-        observation_space=gym.spaces.Dict({k: env.observation_space[k] for k in obs_keys}),
-        action_space=env.action_space, algorithm_name=str(ds.attrs.get("collector", {}).get("algorithm")),
+        dataset_id=dataset_id, buffer=buffers, env=None, observation_space=obs_space,
+        action_space=box("action", -1.0, 1.0), algorithm_name=str(ds.attrs.get("collector", {}).get("algorithm")),
         description=f"lompo-bench {ds.env}/{ds.split}, exported from store {ds.checksum}")
     return Path(minari.storage.get_dataset_path(dataset_id))
