@@ -93,9 +93,11 @@ class BC(Algorithm):
 
     def __init__(self, config: BCConfig, spec: DataSpec, device: str = "cpu", seed: int = 0):
         super().__init__(config, spec, device, seed)
-        self.encoder = ObservationEncoder(spec.image_shape, spec.proprio_dim, depth=config.encoder_depth).to(device)
-        self.actor = TanhGaussianActor(self.encoder.out_dim, spec.action_dim, config.actor_hidden,
-                                       config.actor_layers).to(device)
+        with torch.random.fork_rng(devices=[]):  # the seed alone fixes the initial weights
+            torch.manual_seed(seed)
+            self.encoder = ObservationEncoder(spec.image_shape, spec.proprio_dim, depth=config.encoder_depth).to(device)
+            self.actor = TanhGaussianActor(self.encoder.out_dim, spec.action_dim, config.actor_hidden,
+                                           config.actor_layers).to(device)
         self.params = list(self.encoder.parameters()) + list(self.actor.parameters())
         self.optim = torch.optim.Adam(self.params, lr=config.lr, weight_decay=config.weight_decay)
         self.rng = np.random.default_rng(seed)  # which transitions each batch samples

@@ -104,11 +104,11 @@ def list_algos(profile, env):
     console = Console()
     for name in registry.available():
         cls = registry.get(name)
-        doc = (cls.__doc__ or "").strip().splitlines()
+        summary = " ".join((cls.__doc__ or "").strip().split("\n\n")[0].split())
         defaults = cls.Config()
         scaled = cls.config_for(profile, spec) if spec is not None else None
-        title = f"[bold]{name}[/bold]  {doc[0] if doc else ''}"
-        table = Table(title=title, title_justify="left", show_edge=False, pad_edge=False)
+        console.print(f"[bold]{name}[/bold]  {summary}")
+        table = Table(show_edge=False, pad_edge=False)
         table.add_column("key")
         table.add_column("type")
         table.add_column("default (paper)")
