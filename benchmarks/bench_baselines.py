@@ -130,7 +130,85 @@ def bench_bc(args) -> list[dict]:
     return rows
 
 
-BENCHES = {"bc": bench_bc}  # CQL joins here as `bench_cql`
+# --------------------------------------------------------------------------------------------
+# CQL
+
+
+def bench_cql(args) -> list[dict]:
+    """CQL(H) with fixed alpha 5 and 10 sampled actions per source on both sides.
+
+    Sizes: the paper's conv encoder, then one 256-unit hidden layer per head: ours is one
+    `ObservationEncoder` shared by the twin critics (the design of algorithms/cql.py) with
+    `TwinQ(hidden=256, layers=1)` and `TanhGaussianActor(hidden=256, layers=1)`; d3rlpy's is
+    `PixelEncoderFactory(filters=<same convs>, feature_size=256)` for its actor and for each
+    of its two critics (d3rlpy gives every critic and the actor an encoder of its own and
+    re-encodes the image for every sampled action). Its Lagrangian is off
+    (`alpha_learning_rate=0`), matching our default fixed alpha.
+
+    On CPU d3rlpy's update takes tens of seconds at batch 256, so the CQL rows use
+    `--cql-batch` (default: 32 on CPU, `--batch` on CUDA) and d3rlpy is timed over
+    `max(2, iters // 10)` updates."""
+    from lompo_bench.algorithms.base import DataSpec
+    from lompo_bench.algorithms.bc import to_tensors
+    from lompo_bench.algorithms.cql import CQL, CQLConfig
+
+    device, size = args.device, args.image_size
+    batch = args.cql_batch or (args.batch if device.startswith("cuda") else 32)
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (batch, size, size, 3), dtype=np.uint8)
+    next_images = rng.integers(0, 256, (batch, size, size, 3), dtype=np.uint8)
+    actions = rng.uniform(-1, 1, (batch, ACTION_DIM)).astype(np.float32)
+    rewards = rng.normal(size=batch).astype(np.float32)
+    terminals = np.zeros(batch, np.float32)
+    spec = DataSpec(env="walker", image_shape=(size, size, 3), proprio_dim=0, action_dim=ACTION_DIM,
+                    horizon=500, action_repeat=2)
+    label = f"cql b{batch}"
+    rows = []
+
+    for pad in (0, 4):
+        config = CQLConfig(batch_size=batch, actor_hidden=256, actor_layers=1, critic_hidden=256, critic_layers=1,
+                           augment_pad=pad)
+        ours = CQL(config, spec, device=device, seed=0)
+
+        def update_ours():
+            ours.update(to_tensors({"image": images}, device), torch.as_tensor(actions).to(device),
+                        torch.as_tensor(rewards).to(device), to_tensors({"image": next_images}, device),
+                        torch.as_tensor(terminals).to(device))
+
+        ups = time_updates(update_ours, args.iters, args.warmup, device)
+        params = sum(p.numel() for m in (ours.encoder, ours.sac.actor, ours.sac.critic) for p in m.parameters())
+        rows.append({"algorithm": label, "impl": "lompo-bench" + (f" (random shift {pad} px)" if pad else ""),
+                     "updates_per_s": ups, "params": params})
+
+    missing = d3rlpy_available()
+    if missing:
+        rows.append({"algorithm": label, "impl": "d3rlpy", "updates_per_s": None, "note": missing})
+        return rows
+    import d3rlpy
+    from d3rlpy.dataset import TransitionMiniBatch
+
+    encoder = d3rlpy.models.PixelEncoderFactory(filters=conv_filters(size), feature_size=256)
+    d3_config = d3rlpy.algos.CQLConfig(
+        batch_size=batch, gamma=config.gamma, tau=config.tau, actor_learning_rate=config.actor_lr,
+        critic_learning_rate=config.critic_lr, temp_learning_rate=config.alpha_lr, alpha_learning_rate=0.0,
+        initial_temperature=config.init_alpha, initial_alpha=1.0, conservative_weight=config.cql_alpha,
+        n_action_samples=config.cql_num_actions, n_critics=2,
+        observation_scaler=d3rlpy.preprocessing.PixelObservationScaler(),
+        actor_encoder_factory=encoder, critic_encoder_factory=encoder)
+    theirs = d3_config.create(device=device if device != "cuda" else "cuda:0")
+    theirs.create_impl((3, size, size), ACTION_DIM)
+    minibatch = TransitionMiniBatch(
+        observations=images.transpose(0, 3, 1, 2).astype(np.float32), actions=actions, rewards=rewards[:, None],
+        next_observations=next_images.transpose(0, 3, 1, 2).astype(np.float32), next_actions=actions,
+        terminals=terminals[:, None], intervals=np.ones((batch, 1), np.float32), transitions=[])
+    iters = max(2, args.iters // 10)
+    ups = time_updates(lambda: theirs.update(minibatch), iters, 1, device)
+    params = sum(p.numel() for m in (theirs.impl.modules.policy, theirs.impl.modules.q_funcs) for p in m.parameters())
+    rows.append({"algorithm": label, "impl": f"d3rlpy {d3rlpy.__version__}", "updates_per_s": ups, "params": params})
+    return rows
+
+
+BENCHES = {"bc": bench_bc, "cql": bench_cql}
 
 
 def main(argv=None) -> None:
@@ -140,6 +218,8 @@ def main(argv=None) -> None:
     parser.add_argument("--image-size", type=int, default=64)
     parser.add_argument("--iters", type=int, default=20)
     parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--cql-batch", type=int, default=None,
+                        help="Batch of the CQL rows (default: 32 on CPU, where d3rlpy's CQL is very slow; --batch on CUDA).")
     parser.add_argument("--only", choices=sorted(BENCHES), action="append", help="Run only these benches.")
     parser.add_argument("--out", default=str(ROOT / "bench-output" / "bench_baselines.json"))
     args = parser.parse_args(argv)
