@@ -1,8 +1,8 @@
 """CQL from pixels, on real env frames in real dataset stores (smoke-sized networks).
 
-`write_behaviour_store` (also used by test_slac.py) writes a small store whose actions come
-from a narrow behaviour policy (a fixed action per dimension plus small noise), so uniform
-random actions are genuinely out of the dataset's distribution, the situation CQL is for.
+The conservative-penalty test needs a dataset whose actions are narrow (a fixed action per
+dimension plus small noise, `narrow_policy`), so uniform random actions are genuinely out of
+its distribution, the situation CQL is for; the other tests use the session's smoke dataset.
 """
 
 from __future__ import annotations
@@ -15,59 +15,33 @@ import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
+from conftest import write_scripted_store
 
 from lompo_bench.algorithms.base import DataSpec
 from lompo_bench.algorithms.cql import CQL, CQLConfig, q_for_actions
 from lompo_bench.errors import UserError
 from lompo_bench.evaluation import policy_view
+from lompo_bench.store import Dataset
 
 torch.set_num_threads(1)
+WALKER_ACTION_DIM = 6
 
 
-def write_behaviour_store(path, env_name: str = "walker", image_size: int = 32, episodes: int = 2, steps: int = 30,
-                          seed: int = 0):
-    """A finalized store of `episodes` episodes of a narrow behaviour policy in the real env."""
-    from lompo_bench import envs
-    from lompo_bench.store import Dataset, DatasetWriter
-
-    env = envs.make(env_name, image_size=image_size, seed=seed)
-    writer = DatasetWriter.open(path, {"env": envs.env_attrs(env_name, image_size), "split": "medium",
-                                       "collector": {"algorithm": "narrow-behaviour", "seed": seed}})
-    rng = np.random.default_rng(seed)
-    action_dim = env.action_space.shape[0]
-    center = rng.uniform(-0.5, 0.5, action_dim)
-    for e in range(episodes):
-        obs, info = env.reset(seed=seed + e)
-        rows = {k: [v] for k, v in obs.items()}
-        rows.update(physics=[info["physics"]], action=[np.zeros(action_dim, np.float32)], reward=[0.0],
-                    is_terminal=[False])
-        for _ in range(steps):
-            action = np.clip(center + 0.1 * rng.standard_normal(action_dim), -1, 1).astype(np.float32)
-            obs, reward, terminated, truncated, info = env.step(action)
-            for k, v in obs.items():
-                rows[k].append(v)
-            rows["physics"].append(info["physics"])
-            rows["action"].append(action)
-            rows["reward"].append(reward)
-            rows["is_terminal"].append(terminated)
-            if terminated or truncated:
-                break
-        arrays = {k: np.stack(v) for k, v in rows.items()}
-        n = len(rows["reward"])
-        arrays["reward"] = arrays["reward"].astype(np.float32)
-        arrays["is_first"] = np.arange(n) == 0
-        arrays["is_last"] = np.arange(n) == n - 1
-        writer.add_episode(arrays)
-    writer.update_attrs(reference_returns={"random": 0.0, "expert": 100.0, "episodes": episodes,
-                                           "definition": "test values"})
-    writer.finalize()
-    env.close()
-    return Dataset.open(path)
+def narrow_policy(action_dim: int, seed: int = 0):
+    """A behaviour policy for `write_scripted_store`: one fixed action plus N(0, 0.1^2) noise."""
+    center = np.random.default_rng(seed).uniform(-0.5, 0.5, action_dim)
+    return lambda obs, rng: np.clip(center + 0.1 * rng.standard_normal(action_dim), -1, 1)
 
 
 @pytest.fixture(scope="module")
-def walker_store(tmp_path_factory):
-    return write_behaviour_store(tmp_path_factory.mktemp("store") / "walker.zarr", "walker")
+def narrow_store(tmp_path_factory):
+    path = tmp_path_factory.mktemp("store") / "walker.zarr"
+    return Dataset.open(write_scripted_store(path, "walker", narrow_policy(WALKER_ACTION_DIM), episodes=2, steps=30))
+
+
+@pytest.fixture(scope="module")
+def walker_store(smoke_dataset):
+    return Dataset.open(smoke_dataset("walker"))
 
 
 def smoke_cql(dataset, seed: int = 0, **overrides) -> CQL:
@@ -88,18 +62,18 @@ def test_q_for_actions_equals_critic_on_repeated_features():
     torch.testing.assert_close(q2, r2, rtol=1e-5, atol=1e-5)
 
 
-def test_penalty_pushes_out_of_dataset_q_below_dataset_q(walker_store):
+def test_penalty_pushes_out_of_dataset_q_below_dataset_q(narrow_store):
     """After 30 updates, Q of dataset actions exceeds Q of uniform random actions in (nearly)
     every state with the conservative term, and not without it (alpha 0: plain SAC)."""
-    probe = walker_store.sample_transitions(64, np.random.default_rng(123))
+    probe = narrow_store.sample_transitions(64, np.random.default_rng(123))
     action_dim = probe["action"].shape[-1]
     uniform = np.random.default_rng(5).uniform(-1, 1, (64, 10, action_dim)).astype(np.float32)
     gaps, fractions = {}, {}
     for alpha in (5.0, 0.0):
         torch.manual_seed(0)
-        algo = smoke_cql(walker_store, cql_alpha=alpha, augment_pad=0, batch_size=32, critic_lr=1e-3)
+        algo = smoke_cql(narrow_store, cql_alpha=alpha, augment_pad=0, batch_size=32, critic_lr=1e-3)
         for step in range(30):
-            metrics = algo.train_step(walker_store, step)
+            metrics = algo.train_step(narrow_store, step)
         assert all(np.isfinite(v) for v in metrics.values())
         q_data = algo.q_values(probe["obs"], probe["action"][:, None])[:, 0]
         q_uniform = algo.q_values(probe["obs"], uniform)
@@ -177,25 +151,19 @@ def test_profiles_scale_down_from_paper_defaults(walker_store):
     assert smoke.steps < cpu.steps < paper.steps and cpu.batch_size < paper.batch_size
 
 
-def test_cli_smoke_run_end_to_end(walker_store, tmp_path):
+@pytest.mark.parametrize("env_name", ["walker", pytest.param("dclaw-screw", marks=pytest.mark.slow),
+                                      pytest.param("adroit-pen", marks=pytest.mark.slow),
+                                      pytest.param("sawyer-door", marks=pytest.mark.slow)])
+def test_cli_smoke_run_end_to_end(env_name, smoke_dataset, tmp_path):
+    """`lompo-bench run cql --env ENV --profile smoke` on the env's smoke dataset."""
     from lompo_bench.cli import cli
 
+    smoke_dataset(env_name)
     out = tmp_path / "run"
-    result = CliRunner().invoke(cli, ["run", "cql", "--env", "walker", "--profile", "smoke", "--data",
-                                      str(walker_store.path), "--out", str(out), "--eval-episodes", "1", "--no-progress"])
+    result = CliRunner().invoke(cli, ["run", "cql", "--env", env_name, "--profile", "smoke", "--split", "random",
+                                      "--out", str(out), "--eval-episodes", "1", "--no-progress"])
     assert result.exit_code == 0, result.output
     summary = json.loads((out / "result.json").read_text())
-    assert summary["algorithm"] == "cql" and summary["gradient_steps"] == CQL.config_for("smoke", None).steps
+    assert summary["algorithm"] == "cql" and summary["env"] == env_name
+    assert summary["gradient_steps"] == summary["train_steps"] == summary["config"]["steps"]
     assert np.isfinite(summary["raw_return"])
-
-
-@pytest.mark.slow
-@pytest.mark.parametrize("env_name", ["dclaw-screw", "adroit-pen", "sawyer-door"])
-def test_cli_smoke_run_other_envs(env_name, tmp_path):
-    from lompo_bench.cli import cli
-
-    store = write_behaviour_store(tmp_path / f"{env_name}.zarr", env_name, episodes=2, steps=12)
-    result = CliRunner().invoke(cli, ["run", "cql", "--env", env_name, "--profile", "smoke", "--data", str(store.path),
-                                      "--out", str(tmp_path / "run"), "--eval-episodes", "1", "--no-progress"])
-    assert result.exit_code == 0, result.output
-    assert json.loads((tmp_path / "run" / "result.json").read_text())["algorithm"] == "cql"

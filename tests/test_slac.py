@@ -1,4 +1,4 @@
-"""Offline SLAC on real env frames in real dataset stores (smoke-sized networks)."""
+"""Offline SLAC on real env frames in the session's real smoke dataset stores (smoke-sized networks)."""
 
 from __future__ import annotations
 
@@ -15,14 +15,14 @@ from lompo_bench.algorithms.base import DataSpec
 from lompo_bench.algorithms.slac import SLAC, SLACConfig, SLACPolicy
 from lompo_bench.errors import UserError
 from lompo_bench.evaluation import policy_view
-from test_cql import write_behaviour_store
+from lompo_bench.store import Dataset
 
 torch.set_num_threads(1)
 
 
 @pytest.fixture(scope="module")
-def walker_store(tmp_path_factory):
-    return write_behaviour_store(tmp_path_factory.mktemp("store") / "walker.zarr", "walker")
+def walker_store(smoke_dataset):
+    return Dataset.open(smoke_dataset("walker"))
 
 
 def smoke_slac(dataset, seed: int = 0, **overrides) -> SLAC:
@@ -125,25 +125,19 @@ def test_profiles_scale_down_from_paper_defaults(walker_store):
     assert SLAC(smoke, spec).total_steps() < SLAC.config_for("cpu", spec).joint_steps
 
 
-def test_cli_smoke_run_end_to_end(walker_store, tmp_path):
+@pytest.mark.parametrize("env_name", ["walker", pytest.param("dclaw-screw", marks=pytest.mark.slow),
+                                      pytest.param("adroit-pen", marks=pytest.mark.slow),
+                                      pytest.param("sawyer-door", marks=pytest.mark.slow)])
+def test_cli_smoke_run_end_to_end(env_name, smoke_dataset, tmp_path):
+    """`lompo-bench run slac --env ENV --profile smoke` on the env's smoke dataset."""
     from lompo_bench.cli import cli
 
+    smoke_dataset(env_name)
     out = tmp_path / "run"
-    result = CliRunner().invoke(cli, ["run", "slac", "--env", "walker", "--profile", "smoke", "--data",
-                                      str(walker_store.path), "--out", str(out), "--eval-episodes", "1", "--no-progress"])
+    result = CliRunner().invoke(cli, ["run", "slac", "--env", env_name, "--profile", "smoke", "--split", "random",
+                                      "--out", str(out), "--eval-episodes", "1", "--no-progress"])
     assert result.exit_code == 0, result.output
     summary = json.loads((out / "result.json").read_text())
-    assert summary["algorithm"] == "slac" and np.isfinite(summary["raw_return"])
+    assert summary["algorithm"] == "slac" and summary["env"] == env_name and np.isfinite(summary["raw_return"])
+    assert summary["gradient_steps"] == summary["train_steps"]
     assert (out / "model_samples.png").exists()
-
-
-@pytest.mark.slow
-@pytest.mark.parametrize("env_name", ["dclaw-screw", "adroit-pen", "sawyer-door"])
-def test_cli_smoke_run_other_envs(env_name, tmp_path):
-    from lompo_bench.cli import cli
-
-    store = write_behaviour_store(tmp_path / f"{env_name}.zarr", env_name, episodes=2, steps=12)
-    result = CliRunner().invoke(cli, ["run", "slac", "--env", env_name, "--profile", "smoke", "--data", str(store.path),
-                                      "--out", str(tmp_path / "run"), "--eval-episodes", "1", "--no-progress"])
-    assert result.exit_code == 0, result.output
-    assert json.loads((tmp_path / "run" / "result.json").read_text())["algorithm"] == "slac"
