@@ -1,0 +1,234 @@
+"""SAC collectors: `lompo-bench collect ENV --split {medium-replay,medium-expert,expert,all}`,
+kill-and-resume of the SAC run, `datasets rerender`, the split protocol, bad input.
+
+Everything runs the real pipeline at the smoke profile (real envs, real SB3 SAC, real
+stores). The smoke run is too short to learn, so the split return ordering is checked on
+the committed record of a real short run (tests/fixtures/walker_sac_short.json).
+"""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from lompo_bench import paths
+from lompo_bench.cli import cli
+from lompo_bench.collectors import sac, splits
+from lompo_bench.store import Dataset, verify
+
+FIXTURE = Path(__file__).parent / "fixtures" / "walker_sac_short.json"
+SAC_SPLITS = ("medium-replay", "medium-expert", "expert")
+
+
+def invoke(*args):
+    return CliRunner().invoke(cli, list(args))
+
+
+@pytest.fixture(scope="module")
+def walker_home(tmp_path_factory):
+    """One smoke `collect walker --split all`, shared by the tests that read its stores."""
+    home = tmp_path_factory.mktemp("home")
+    mp = pytest.MonkeyPatch()
+    mp.setenv("LOMPO_BENCH_HOME", str(home))
+    result = invoke("collect", "walker", "--split", "all", "--profile", "smoke")
+    assert result.exit_code == 0, result.output
+    yield home
+    mp.undo()
+
+
+def store(env, split):
+    return paths.dataset_path(env, split, "smoke")
+
+
+def test_collect_all_writes_four_verified_stores_with_one_reference(walker_home):
+    run = json.loads((sac.run_dir("walker", 0, "smoke") / "result.json").read_text())
+    assert (sac.run_dir("walker", 0, "smoke") / "eval.png").stat().st_size > 0
+    assert run["sac_steps"] == 300 and run["curve"][0]["step"] == 0 and run["curve"][-1]["step"] == 300
+    for split in SAC_SPLITS + ("random",):
+        path = store("walker", split)
+        assert verify(path) == [], split
+        ds = Dataset.open(path)
+        assert ds.split == split and ds.attrs["complete"] is True
+        assert ds.reference_returns == (run["random_return"], run["expert_return"])
+        assert ds.num_transitions >= 50 and ds.shape("image")[1:] == (32, 32, 3)
+        assert ds.attrs["env"]["horizon"] == 25
+        if split != "random":
+            c = ds.attrs["collector"]
+            assert c["algorithm"] == "sac" and c["seed"] == 0 and c["sac_steps"] == 300
+            assert c["medium_point"]["step"] == run["medium"]["step"]
+            assert "half-expert threshold" in c["medium_point"]["definition"]
+            assert "final SAC policy" in ds.attrs["reference_returns"]["definition"]
+            ep = ds.episode(0)
+            assert ep["is_first"][0] and not ep["is_first"][1:].any() and ep["is_last"][-1]
+            assert not ep["action"][0].any() and ep["reward"][0] == 0
+
+
+def test_replay_splits_cut_the_log_at_the_medium_point(walker_home):
+    medium = json.loads((sac.run_dir("walker", 0, "smoke") / "result.json").read_text())["medium"]["step"]
+    log = sac.load_log(sac.run_dir("walker", 0, "smoke") / "log")
+    ends = {e["episode"]: e["end_step"] for e in splits.episode_table(log)}
+    replay = Dataset.open(store("walker", "medium-replay"))
+    later = Dataset.open(store("walker", "medium-expert"))
+    assert all(ends[i] <= medium for i in replay.attrs["collector"]["training_episodes"])
+    assert all(ends[i] > medium for i in later.attrs["collector"]["training_episodes"])
+    # the stored rows are the recorded rows
+    first = replay.attrs["collector"]["training_episodes"][0]
+    rows = np.flatnonzero(log["episode"] == first)
+    np.testing.assert_array_equal(replay.episode(0)["physics"], log["physics"][rows])
+    np.testing.assert_array_equal(replay.episode(0)["action"], log["action"][rows])
+
+
+def test_second_split_reuses_the_run_and_is_reproducible(walker_home):
+    result_json = sac.run_dir("walker", 0, "smoke") / "result.json"
+    before = (result_json.stat().st_mtime_ns, Dataset.open(store("walker", "expert")).checksum)
+    result = invoke("collect", "walker", "--split", "expert", "--profile", "smoke", "--overwrite")
+    assert result.exit_code == 0, result.output
+    assert result_json.stat().st_mtime_ns == before[0]  # no retraining
+    assert Dataset.open(store("walker", "expert")).checksum == before[1]  # same episodes again
+
+
+def test_rerender_at_84_equals_a_fresh_render(walker_home, tmp_path):
+    from lompo_bench import envs
+
+    src = store("walker", "medium-replay")
+    out = tmp_path / "mr84.zarr"
+    result = invoke("datasets", "rerender", str(src), "--image-size", "84", "--out", str(out))
+    assert result.exit_code == 0, result.output
+    assert verify(out) == []
+    old, new = Dataset.open(src), Dataset.open(out)
+    assert new.attrs["env"]["image_size"] == 84 and new.attrs["rerendered_from"]["dataset_id"] == old.checksum
+    assert new.attrs["collector"] == old.attrs["collector"] and new.reference_returns == old.reference_returns
+    for i in range(old.num_episodes):
+        a, b = old.episode(i), new.episode(i)
+        assert b["image"].shape[1:] == (84, 84, 3)
+        np.testing.assert_array_equal(b["image"], envs.render_states("walker", a["physics"], 84))
+        for key in a:
+            if key != "image":
+                np.testing.assert_array_equal(a[key], b[key])
+    again = invoke("datasets", "rerender", str(src), "--image-size", "84", "--out", str(out))
+    assert again.exit_code == 2 and "--overwrite" in again.output
+
+
+def _cmd(split):
+    return [sys.executable, "-m", "lompo_bench.cli", "collect", "walker", "--split", split, "--profile", "smoke"]
+
+
+def test_sigkill_mid_training_then_rerun_equals_an_uninterrupted_run(tmp_path):
+    base = {**os.environ, "OMP_NUM_THREADS": "1"}
+    clean_env, killed_env = ({**base, "LOMPO_BENCH_HOME": str(tmp_path / n)} for n in ("clean", "killed"))
+    subprocess.run(_cmd("medium-expert"), env=clean_env, check=True, capture_output=True, timeout=600)
+
+    run = tmp_path / "killed" / "runs" / "sac" / "smoke" / "walker" / "seed0"
+    proc = subprocess.Popen(_cmd("medium-expert"), env=killed_env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    while not (run / "checkpoints" / "latest.json").exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    assert proc.wait(timeout=60) == -signal.SIGKILL  # killed while training, not finished
+    assert not (run / "result.json").exists()
+    resumed = subprocess.run(_cmd("medium-expert"), env=killed_env, capture_output=True, text=True, timeout=600)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+
+    clean, killed = (tmp_path / n / "datasets" / "smoke" / "walker" / "medium-expert.zarr" for n in ("clean", "killed"))
+    assert verify(killed) == []
+    assert Dataset.open(clean).checksum == Dataset.open(killed).checksum  # identical arrays: a bit-exact resume
+    ra, rb = (json.loads((tmp_path / n / "runs" / "sac" / "smoke" / "walker" / "seed0" / "result.json").read_text())
+              for n in ("clean", "killed"))
+    assert ra["curve"] == rb["curve"] and ra["expert_return"] == rb["expert_return"]
+
+
+def test_split_returns_are_ordered_on_a_real_run():
+    rec = json.loads(FIXTURE.read_text())
+    medium = splits.medium_point(rec["curve"], rec["random_train_return"], rec["expert_train_return"],
+                                 min_step=500, max_step=rec["curve"][-1]["step"] - 500)  # walker: 500-step episodes
+    assert medium["reached"] and medium["step"] == rec["medium"]["step"]
+    replay = splits.replay_split(rec["episodes"], "medium-replay", medium["step"])
+    later = splits.replay_split(rec["episodes"], "medium-expert", medium["step"])
+    assert replay and later and len(replay) + len(later) == len(rec["episodes"])
+    mean = lambda eps: float(np.mean([e["return"] for e in eps]))  # noqa: E731
+    expert = float(np.mean(rec["expert_split_returns"]))
+    scale = rec["expert_return"] - rec["random_return"]
+    assert mean(replay) < mean(later)
+    assert mean(later) < expert + 0.1 * scale  # below or near the expert
+    assert rec["random_return"] < medium["threshold"] < rec["expert_train_return"]
+
+
+def test_protocol_pieces():
+    eps = [{"transitions": 10, "i": i} for i in range(10)]
+    chosen = splits.select(eps, 35)
+    assert [e["i"] for e in chosen] == [1, 3, 6, 8] and sum(e["transitions"] for e in chosen) >= 35
+    assert splits.select(eps, 1000) == eps and splits.select(eps, 10) == [eps[5]]
+    curve = [{"step": s, "mean_train_return": r} for s, r in [(0, 1.0), (100, 6.0), (200, 9.0), (300, 11.0)]]
+    hit = splits.medium_point(curve, 1.0, 11.0, min_step=50, max_step=250)
+    assert hit["step"] == 100 and hit["threshold"] == 6.0 and hit["reached"]
+    miss = splits.medium_point(curve, 1.0, 11.0, min_step=150, max_step=150)
+    assert miss == {**miss, "step": 150, "reached": False}
+    log = {"is_first": np.array([1, 0, 0, 1, 0, 0, 1, 0], bool), "is_last": np.array([0, 0, 1, 0, 0, 1, 0, 0], bool),
+           "reward": np.arange(8, dtype=np.float32), "episode": np.array([0, 0, 0, 1, 1, 1, 2, 2]),
+           "step": np.array([0, 1, 2, 2, 3, 4, 4, 5])}
+    table = splits.episode_table(log)  # the run's last, unfinished episode is dropped
+    assert [(e["start"], e["end"], e["return"]) for e in table] == [(0, 3, 3.0), (3, 6, 9.0)]
+
+
+@pytest.mark.parametrize("env", ["sawyer-door", pytest.param("dclaw-screw", marks=pytest.mark.slow),
+                                 pytest.param("adroit-pen", marks=pytest.mark.slow)])
+def test_collect_all_other_envs(env, tmp_path, monkeypatch):
+    monkeypatch.setenv("LOMPO_BENCH_HOME", str(tmp_path))
+    result = invoke("collect", env, "--split", "all", "--profile", "smoke", "--out", str(tmp_path / "out"))
+    assert result.exit_code == 0, result.output
+    for split in SAC_SPLITS + ("random",):
+        path = tmp_path / "out" / f"{split}.zarr"
+        assert verify(path) == []
+        ds = Dataset.open(path)
+        assert ds.reference_returns[1] is not None
+        if env == "sawyer-door" and split != "random":
+            assert "shaped_reward" in ds.keys  # SAC's dense reward, next to the sparse one
+            assert set(np.unique(ds.array("reward"))) <= {0.0, 1.0, 2.0, 3.0, 4.0}
+        if env in ("dclaw-screw", "adroit-pen"):
+            assert "proprio" in ds.keys
+    run = json.loads((sac.run_dir(env, 0, "smoke") / "result.json").read_text())
+    assert run["trained_on"] == ("shaped_reward" if env == "sawyer-door" else "reward")
+
+
+@pytest.mark.parametrize("args, message", [
+    (["collect", "walker", "--split", "medium", "--profile", "smoke"], "unknown split 'medium'"),
+    (["collect", "hopper", "--split", "expert", "--profile", "smoke"], "unknown env 'hopper'"),
+    (["collect", "walker", "--split", "expert", "--profile", "smoke", "--episodes", "0"], "--episodes must be"),
+    (["collect", "walker", "--split", "all", "--profile", "smoke", "--out", "x.zarr"], "--out is a folder"),
+    (["collect", "walker", "--split", "expert", "--profile", "smoke", "--image-size", "8"], "image size 8"),
+])
+def test_bad_input_is_one_line(args, message, tmp_path, monkeypatch):
+    monkeypatch.setenv("LOMPO_BENCH_HOME", str(tmp_path))
+    result = invoke(*args)
+    assert result.exit_code == 2, result.output
+    assert message in result.output and result.output.strip().count("\n") == 0, result.output
+    assert not (tmp_path / "runs" / "sac").exists()  # refused before any training
+
+
+def test_existing_store_is_kept_without_overwrite(walker_home):
+    before = Dataset.open(store("walker", "medium-replay")).checksum
+    result = invoke("collect", "walker", "--split", "medium-replay", "--profile", "smoke")
+    assert result.exit_code == 2 and "--overwrite" in result.output
+    assert Dataset.open(store("walker", "medium-replay")).checksum == before
+
+
+@pytest.mark.parametrize("damage", ["pointer", "model"])
+def test_corrupt_checkpoint_is_one_line_and_kept(damage, tmp_path, monkeypatch):
+    monkeypatch.setenv("LOMPO_BENCH_HOME", str(tmp_path))
+    ckpts = sac.run_dir("walker", 0, "smoke") / "checkpoints"
+    (ckpts / "step_000000000100").mkdir(parents=True)
+    for name in ("model.zip", "replay_buffer.pkl", "state.pt"):
+        (ckpts / "step_000000000100" / name).write_bytes(b"not what it should be")
+    (ckpts / "latest.json").write_text("{oops" if damage == "pointer" else '{"checkpoint": "step_000000000100"}')
+    result = invoke("collect", "walker", "--split", "expert", "--profile", "smoke")
+    assert result.exit_code == 2 and "corrupt checkpoint" in result.output, result.output
+    assert result.output.strip().count("\n") == 0
+    assert (ckpts / "step_000000000100" / "model.zip").read_bytes() == b"not what it should be"
