@@ -1,0 +1,260 @@
+"""The run path, end to end on real smoke datasets: `lompo-bench run`, `algos list`, one-line
+errors, result.json, and resuming killed runs."""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+from click.testing import CliRunner
+from conftest import write_scripted_store
+
+from lompo_bench import envs, registry
+from lompo_bench.cli import cli
+from lompo_bench.errors import UserError
+from lompo_bench.runner import apply_overrides, parse_settings, run, scale_steps
+from lompo_bench.store import Dataset
+
+torch.set_num_threads(1)
+
+RESULT_FIELDS = ("algorithm env split seed profile raw_return return_std normalized_score success_rate eval_episodes "
+                 "gradient_steps train_steps wall_time_s dataset_path dataset_id dataset_checksum random_return "
+                 "expert_return commit package_version hardware device timestamp config").split()
+SMOKE = ["--env", "walker", "--profile", "smoke", "--split", "random", "--no-progress"]
+
+
+def invoke(*args):
+    return CliRunner().invoke(cli, list(args))
+
+
+def read_csv(path):
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def assert_one_line_error(result, *fragments):
+    assert result.exit_code == 2, result.output
+    assert "Traceback" not in result.output
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), result.output
+    for fragment in fragments:
+        assert fragment in lines[0], lines[0]
+
+
+# --------------------------------------------------------------------------------------------
+# End to end
+
+
+def test_run_bc_writes_a_complete_run_directory(smoke_dataset, lompo_home):
+    data = smoke_dataset("walker")
+    result = invoke("run", "bc", *SMOKE)
+    assert result.exit_code == 0, result.output
+    run_dir = lompo_home / "runs" / "bc" / "smoke" / "walker" / "random" / "seed0"
+    assert result.stdout.strip() == str(run_dir / "result.json")
+
+    res = json.loads((run_dir / "result.json").read_text())
+    assert set(RESULT_FIELDS) <= set(res)
+    dataset = Dataset.open(data)
+    assert (res["algorithm"], res["env"], res["split"], res["seed"], res["profile"]) == ("bc", "walker", "random", 0, "smoke")
+    assert res["train_steps"] == res["gradient_steps"] == res["config"]["steps"] == 20
+    assert res["eval_episodes"] == len(res["eval_returns"]) == 2
+    assert res["dataset_checksum"] == dataset.checksum
+    assert (res["random_return"], res["expert_return"]) == tuple(dataset.reference_returns)
+    assert res["device"] == "cpu" and res["wall_time_s"] > 0 and res["commit"]
+
+    config = json.loads((run_dir / "config.json").read_text())
+    assert config["config"] == res["config"] and config["dataset_checksum"] == dataset.checksum
+    metrics = read_csv(run_dir / "metrics.csv")
+    assert [int(r["step"]) for r in metrics] == list(range(1, 21))
+    assert {"bc_loss", "action_mse", "gradient_steps"} <= set(metrics[0])
+    evals = read_csv(run_dir / "eval.csv")
+    assert [int(r["step"]) for r in evals] == [20]
+    assert float(evals[0]["mean_return"]) == pytest.approx(res["raw_return"])
+    assert (run_dir / "learning_curve.png").stat().st_size > 1000
+    assert (run_dir / "checkpoint.pt").exists()
+
+    # A finished run is never redone silently; --overwrite redoes it.
+    again = invoke("run", "bc", *SMOKE)
+    assert_one_line_error(again, "run already finished", str(run_dir / "result.json"), "--overwrite")
+    redo = invoke("run", "bc", *SMOKE, "--overwrite", "--seed", "0")
+    assert redo.exit_code == 0, redo.output
+    assert json.loads((run_dir / "result.json").read_text())["raw_return"] == pytest.approx(res["raw_return"])
+
+
+def test_normalized_score_settings_and_steps_reach_the_run(tmp_path):
+    """--data, --set, --steps, --eval-episodes and the dataset's reference returns (0 and 100 here,
+    so the normalized score equals the raw return)."""
+    data = write_scripted_store(tmp_path / "scripted.zarr", "walker", lambda obs, rng: rng.uniform(-1, 1, 6),
+                                episodes=2, steps=15, reference_returns=(0.0, 100.0))
+    out = tmp_path / "run"
+    result = invoke("run", "bc", "--env", "walker", "--profile", "smoke", "--data", str(data), "--out", str(out),
+                    "--set", "lr=1e-3", "--set", "augment_pad=0", "--steps", "12", "--eval-episodes", "3",
+                    "--eval-every", "5", "--no-progress")
+    assert result.exit_code == 0, result.output
+    res = json.loads((out / "result.json").read_text())
+    assert res["split"] == "scripted" and res["dataset_path"] == str(data)
+    assert res["config"]["lr"] == 1e-3 and res["config"]["augment_pad"] == 0 and res["train_steps"] == 12
+    assert res["eval_episodes"] == 3
+    assert res["normalized_score"] == pytest.approx(res["raw_return"])
+    assert [int(r["step"]) for r in read_csv(out / "eval.csv")] == [5, 10, 12]
+    assert len(res["eval_returns"]) == 3
+
+
+@pytest.mark.parametrize("algo,env", [
+    pytest.param(algo, env, marks=() if env == "walker" and algo in ("lompo", "lmbrl") else pytest.mark.slow)
+    for env in envs.ENV_NAMES for algo in ("lompo", "lmbrl", "slac", "cql", "bc")
+])
+def test_smoke_run_of_each_algorithm_on_each_env(algo, env, smoke_dataset, tmp_path):
+    smoke_dataset(env)
+    run_dir = run(algo, env, "random", profile="smoke", out=tmp_path / "run", progress=False)
+    res = json.loads((run_dir / "result.json").read_text())
+    assert set(RESULT_FIELDS) <= set(res)
+    assert res["algorithm"] == algo and res["env"] == env and res["train_steps"] > 0
+    assert res["gradient_steps"] > 0 and len(res["eval_returns"]) == 2
+    for name in res["figures"]:
+        assert (run_dir / name).stat().st_size > 0
+
+
+# --------------------------------------------------------------------------------------------
+# One-line errors
+
+
+@pytest.mark.parametrize("args,fragments", [
+    (["run", "nope", *SMOKE], ["unknown algorithm 'nope'", "accepted: lompo, lmbrl, slac, cql, bc"]),
+    (["run", "bc", "--env", "moon", "--profile", "smoke"], ["unknown env 'moon'", "walker"]),
+    (["run", "bc", "--env", "walker", "--profile", "huge"], ["unknown profile 'huge'", "smoke, cpu, paper"]),
+    (["run", "bc", "--env", "walker", "--profile", "smoke", "--split", "expert"],
+     ["no smoke dataset for walker/expert", "make it with: lompo-bench collect walker --split expert --profile smoke"]),
+    (["run", "bc", *SMOKE, "--set", "nope=1"], ["unknown setting 'nope' for bc", "accepted: steps, batch_size, lr"]),
+    (["run", "bc", *SMOKE, "--set", "lr=fast"], ["bad value for lr: 'fast'", "a number"]),
+    (["run", "bc", *SMOKE, "--set", "steps=2.5"], ["bad value for steps", "an integer"]),
+    (["run", "bc", *SMOKE, "--set", "lr"], ["bad --set 'lr'", "key=value"]),
+    (["run", "bc", *SMOKE, "--steps", "0"], ["--steps must be >= 1"]),
+    (["run", "bc", *SMOKE, "--device", "tpu"], ["unknown device 'tpu'", "cpu"]),
+    (["run", "bc", *SMOKE, "--data", "/nonexistent/x.zarr"], ["/nonexistent/x.zarr does not exist"]),
+    (["algos", "list", "--profile", "smoke"], ["--profile and --env go together"]),
+])
+def test_bad_input_is_a_one_line_error(args, fragments, smoke_dataset):
+    smoke_dataset("walker")
+    assert_one_line_error(invoke(*args), *fragments)
+
+
+def test_dataset_of_another_env_is_refused(smoke_dataset):
+    data = smoke_dataset("walker")
+    result = invoke("run", "bc", "--env", "adroit-pen", "--profile", "smoke", "--data", str(data), "--no-progress")
+    assert_one_line_error(result, "is for env 'walker', not 'adroit-pen'")
+
+
+def test_algos_list_shows_every_algorithm_with_defaults_and_scaled_values(smoke_dataset):
+    smoke_dataset("walker")
+    plain = invoke("algos", "list")
+    assert plain.exit_code == 0, plain.output
+    for name in registry.available():
+        assert name in plain.output
+    assert "model_steps" in plain.output and "25000" in plain.output  # LOMPO's paper default
+    scaled = invoke("algos", "list", "--profile", "smoke", "--env", "walker")
+    assert scaled.exit_code == 0, scaled.output
+    lines = scaled.output.splitlines()
+    bc_start = next(i for i, line in enumerate(lines) if line.startswith("bc "))
+    bc_row = next(line for line in lines[bc_start:] if line.startswith("steps "))
+    assert bc_row.split()[-1] == "20"  # BC: paper 100000 steps, smoke 20
+
+
+# --------------------------------------------------------------------------------------------
+# Config plumbing
+
+
+def test_overrides_are_typed_by_the_config_fields():
+    lompo = registry.get("lompo")
+    config = apply_overrides(lompo.Config(), parse_settings(["model_lr=1e-3", "heads=3", "model_steps=1e3",
+                                                             "penalty=mean"]), "lompo")
+    assert (config.model_lr, config.heads, config.model_steps, config.penalty) == (1e-3, 3, 1000, "mean")
+    cql = registry.get("cql")
+    config = apply_overrides(cql.Config(), {"cql_auto_alpha": "true", "target_entropy": "none"}, "cql")
+    assert config.cql_auto_alpha is True and config.target_entropy is None
+    assert apply_overrides(cql.Config(), {"target_entropy": "-3"}, "cql").target_entropy == -3.0
+    with pytest.raises(UserError, match="true or false"):
+        apply_overrides(cql.Config(), {"cql_auto_alpha": "maybe"}, "cql")
+
+
+def test_steps_scale_the_phases_proportionally():
+    lompo = registry.get("lompo")
+    config = scale_steps(lompo, lompo.Config(), 1000)  # paper: 25k model + 100k agent steps
+    assert (config.model_steps, config.agent_steps) == (200, 800)
+    bc = registry.get("bc")
+    assert scale_steps(bc, bc.Config(), 7).steps == 7
+    slac = registry.get("slac")
+    config = scale_steps(slac, slac.Config(), 501)
+    assert config.model_pretrain_steps + config.joint_steps == 501
+
+
+# --------------------------------------------------------------------------------------------
+# Interruption and resume
+
+
+def run_command(out, steps):
+    return [sys.executable, "-m", "lompo_bench.cli", "run", "bc", *SMOKE, "--steps", str(steps),
+            "--checkpoint-every", "25", "--out", str(out)]
+
+
+def wait_for_checkpoint(proc, path, timeout=240.0):
+    deadline = time.monotonic() + timeout
+    while not path.exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert path.exists(), "no checkpoint appeared"
+
+
+def checkpoint_step(path) -> int:
+    return int(torch.load(path, map_location="cpu", weights_only=False)["step"])
+
+
+def test_sigkilled_run_resumes_from_its_checkpoint(smoke_dataset, tmp_path):
+    smoke_dataset("walker")
+    out, steps = tmp_path / "run", 600
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    with open(tmp_path / "first.log", "w") as log:
+        proc = subprocess.Popen(run_command(out, steps), env=env, stdout=log, stderr=log)
+        wait_for_checkpoint(proc, out / "checkpoint.pt")
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    killed_at = checkpoint_step(out / "checkpoint.pt")
+    assert 0 < killed_at < steps, f"the run was not killed mid-training ({killed_at})"
+    assert not (out / "result.json").exists()
+
+    second = subprocess.run(run_command(out, steps), env=env, capture_output=True, text=True, timeout=600)
+    assert second.returncode == 0, second.stderr
+    assert f"from step {killed_at}/{steps}" in second.stderr
+    res = json.loads((out / "result.json").read_text())
+    assert res["train_steps"] == res["gradient_steps"] == steps  # the counter continued, nothing was redone
+    logged = [int(r["step"]) for r in read_csv(out / "metrics.csv")]
+    assert logged == list(range(3, steps + 1, 3))  # rows past the checkpoint were written once, after resume
+
+
+def test_sigterm_checkpoints_and_stops_then_the_same_command_resumes(smoke_dataset, tmp_path):
+    smoke_dataset("walker")
+    out, steps = tmp_path / "run", 600
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    with open(tmp_path / "first.log", "w") as log:
+        proc = subprocess.Popen(run_command(out, steps), env=env, stdout=log, stderr=log)
+        wait_for_checkpoint(proc, out / "checkpoint.pt")
+        proc.send_signal(signal.SIGTERM)
+        code = proc.wait(timeout=120)
+    message = (tmp_path / "first.log").read_text().strip().splitlines()[-1]
+    stopped_at = checkpoint_step(out / "checkpoint.pt")
+    assert code == 130 and message.startswith(f"error: SIGTERM at step {stopped_at}/{steps}"), message
+    assert "run the same command again to resume" in message
+
+    # Same run dir, different settings: refused, not mixed.
+    other = invoke("run", "bc", *SMOKE, "--steps", str(steps), "--out", str(out), "--set", "lr=0.1")
+    assert_one_line_error(other, "holds a different run", "--overwrite")
+    resumed = run("bc", "walker", "random", profile="smoke", steps=steps, out=out, checkpoint_every=25, progress=False)
+    res = json.loads((resumed / "result.json").read_text())
+    assert res["gradient_steps"] == steps
