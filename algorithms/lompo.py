@@ -127,7 +127,19 @@ PROFILE_SCALING = {
                   rollout_starts=0, real_buffer_size=400, latent_buffer_size=1_000, agent_steps=6, agent_batch=16,
                   epoch_length=3, actor_hidden=32, actor_layers=2, critic_hidden=32, critic_layers=2),
 }
+FIGURE_LABEL_WIDTH = 70  # pixels of row labels left of the frames in model_samples.png
 PAPER_ENV_SIZES = {"adroit-pen": dict(deter=512, hidden=512)}  # Appendix C
+
+
+def phase_lengths(c: LOMPOConfig) -> tuple[int, int, int, int]:
+    """train_step calls per phase: model, real-buffer fill, latent warm-up, agent. A real fill batch
+    adds at least B x (L - 1 - burn_in) transitions (windows that start at an episode's first row
+    keep their first rows too) and a latent one starts x H, so the fills reach their targets."""
+    rows = c.model_batch * c.model_length
+    real_per_batch = c.model_batch * (c.model_length - 1 - min(c.burn_in, c.model_length - 2))
+    starts = min(c.rollout_starts or rows, rows)
+    return (c.model_steps, math.ceil(c.real_init_transitions / real_per_batch),
+            math.ceil(c.latent_init_transitions / (starts * c.horizon)), c.agent_steps)
 
 
 class TransitionBuffer:
@@ -226,13 +238,7 @@ class LOMPO(Algorithm):
         self.latent_buffer = TransitionBuffer(c.latent_buffer_size, self.model.feature_dim, spec.action_dim, device)
         self._gradient_steps = 0
         self._keys = ["image", "action", "reward", "is_first", "is_terminal"] + (["proprio"] if spec.proprio_dim else [])
-        # Phase boundaries (train_step indices).
-        rows = c.model_batch * c.model_length
-        real_per_batch = c.model_batch * (c.model_length - 1 - min(c.burn_in, c.model_length - 2))
-        starts = min(c.rollout_starts or rows, rows)
-        self.real_init_batches = math.ceil(c.real_init_transitions / max(1, real_per_batch))
-        self.latent_init_batches = math.ceil(c.latent_init_transitions / (starts * c.horizon))
-        self.phase_ends = np.cumsum([c.model_steps, self.real_init_batches, self.latent_init_batches, c.agent_steps])
+        self.phase_ends = np.cumsum(phase_lengths(c))  # train_step index where each phase ends
         self._autocast = str(device).startswith("cuda")
         self._prefetcher = None
         self._pending = {}  # (dataset id, step, stream) -> Future of a window batch
@@ -391,7 +397,7 @@ class LOMPO(Algorithm):
         """`model_samples.png` (paper Appendix E): for a few real windows, rows of observed frames,
         posterior reconstructions, and open-loop predictions that see the first 5 frames and then
         imagine the rest from the real actions through random forward heads."""
-        from PIL import Image
+        from PIL import Image, ImageDraw
 
         out_dir = Path(out_dir)
         out_dir.mkdir(parents=True, exist_ok=True)
@@ -405,7 +411,8 @@ class LOMPO(Algorithm):
                 batch[k] = batch[k].float()
         batch["is_first"] = batch["is_first"].bool()
         # Figures must not change the training run's random stream.
-        with torch.random.fork_rng(devices=[torch.device(self.device)] if self._autocast else []):
+        cuda = [torch.device(self.device).index or 0] if self._autocast else []
+        with torch.random.fork_rng(devices=cuda):
             torch.manual_seed(self.seed)
             self.model.eval()
             with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self._autocast):
@@ -422,8 +429,23 @@ class LOMPO(Algorithm):
                 top = s * (3 * H + gap) + row * H
                 for j, t in enumerate(columns):
                     grid[top: top + H, j * W: (j + 1) * W] = frames[s, t]
+        # 2x upscale, row labels on the left, a red line where open-loop prediction starts.
+        scale = 2
+        frames_img = Image.fromarray(grid).resize((grid.shape[1] * scale, grid.shape[0] * scale), Image.NEAREST)
+        canvas = Image.new("RGB", (FIGURE_LABEL_WIDTH + frames_img.width, frames_img.height), "white")
+        canvas.paste(frames_img, (FIGURE_LABEL_WIDTH, 0))
+        draw = ImageDraw.Draw(canvas)
+        split = next((j for j, t in enumerate(columns) if t >= context), None)
+        for s in range(sequences):
+            for row, label in enumerate(("observed", "posterior", "open loop")):
+                top = scale * (s * (3 * H + gap) + row * H)
+                draw.text((4, top + scale * H // 2 - 6), label, fill="black")
+            if split is not None:
+                x = FIGURE_LABEL_WIDTH + scale * split * W
+                top = scale * (s * (3 * H + gap) + 2 * H)
+                draw.line([(x, top), (x, top + scale * H - 1)], fill="red", width=2)
         path = out_dir / "model_samples.png"
-        Image.fromarray(grid).resize((grid.shape[1] * 2, grid.shape[0] * 2), Image.NEAREST).save(path)
+        canvas.save(path)
         return [path]
 
 

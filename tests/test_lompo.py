@@ -12,7 +12,7 @@ from test_latent_model import write_random_store
 
 from lompo_bench import registry
 from lompo_bench.algorithms.base import DataSpec
-from lompo_bench.algorithms.lompo import LMBRL, LOMPO, LOMPOConfig
+from lompo_bench.algorithms.lompo import FIGURE_LABEL_WIDTH, LMBRL, LOMPO, LOMPOConfig
 
 torch.set_num_threads(1)
 
@@ -154,4 +154,9 @@ def test_sample_figures_write_observed_reconstructed_predicted_png(walker_store,
     assert torch.equal(rng_before, torch.get_rng_state())  # figures do not perturb training
     image = np.asarray(Image.open(paths[0]))
     frames = min(agent.config.model_length, 30)
-    assert image.shape[0] == 2 * 3 * (3 * 32 + 4) and image.shape[1] == 2 * 32 * len(range(0, frames, max(1, frames // 10))[:10])
+    columns = len(range(0, frames, max(1, frames // 10))[:10])
+    assert image.shape == (2 * 3 * (3 * 32 + 4), FIGURE_LABEL_WIDTH + 2 * 32 * columns, 3)
+    left, frames_part = image[:, :FIGURE_LABEL_WIDTH], image[:, FIGURE_LABEL_WIDTH:]
+    assert (left < 128).any()  # row labels are drawn
+    window = walker_store.sample_windows(3, frames, np.random.default_rng([0, 7_777]), keys=["image"])["image"]
+    assert np.array_equal(frames_part[: 2 * 32: 2, : 2 * 32: 2], window[0, 0])  # first row: the observed frames
