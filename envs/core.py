@@ -38,6 +38,7 @@ import abc
 import atexit
 import dataclasses
 import importlib
+import os
 import weakref
 from typing import Any
 
@@ -55,6 +56,12 @@ PHYSICS_SPEC = mujoco.mjtState.mjSTATE_INTEGRATION
 
 _live_envs: "weakref.WeakSet[ImageEnv]" = weakref.WeakSet()
 _exit_hook_registered = False
+# GL state does not survive fork(): a child of a process that has rendered hangs when it makes
+# a new context (Mesa's EGL display is initialised, its worker threads are gone). The child
+# gets a UserError instead, and inherited renderers are parked here so that their __del__
+# never runs in the child.
+_gl_owner_pid = 0
+_inherited_renderers: list = []
 
 
 def _close_renderers() -> None:
@@ -84,6 +91,10 @@ class Task(abc.ABC):
     free_camera: dict | None = None
     has_proprio: bool = False
     success_defined: bool = False
+    # Optional: True when step() already leaves position-dependent quantities (body poses,
+    # cameras) computed for the new state (mj_forward / dm_control's step1), so the env can
+    # skip its own mj_fwdPosition.
+    positions_current_after_step: bool = False
 
     @property
     def action_size(self) -> int:
@@ -210,6 +221,7 @@ class ImageEnv(gym.Env):
         self.fast_scene = bool(fast_scene)
         self._initial_seed = seed
         self._renderer: mujoco.Renderer | None = None
+        self._renderer_pid = 0
         self._camera = None
         self._steps = 0
         self._needs_reset = True
@@ -228,8 +240,18 @@ class ImageEnv(gym.Env):
     # -- rendering ---------------------------------------------------------------------
 
     def _ensure_renderer(self) -> mujoco.Renderer:
+        global _gl_owner_pid, _exit_hook_registered
+        if self._renderer is not None and self._renderer_pid != os.getpid():
+            _inherited_renderers.append(self._renderer)
+            self._renderer = None
         if self._renderer is None:
             rendering.require_gl()
+            if _gl_owner_pid and _gl_owner_pid != os.getpid():
+                raise UserError(
+                    "cannot render in a process forked from one that has rendered (OpenGL state does not "
+                    "survive fork); accepted: start workers with the 'spawn' or 'forkserver' method, or fork "
+                    "before the parent renders"
+                )
             model = self.task.model
             if self.fast_scene:
                 make_scene_fast(model, self.image_size)
@@ -237,8 +259,8 @@ class ImageEnv(gym.Env):
                 model.vis.global_.offwidth = max(int(model.vis.global_.offwidth), self.image_size)
                 model.vis.global_.offheight = max(int(model.vis.global_.offheight), self.image_size)
             self._renderer = mujoco.Renderer(model, self.image_size, self.image_size)
+            self._renderer_pid = _gl_owner_pid = os.getpid()
             _live_envs.add(self)
-            global _exit_hook_registered
             if not _exit_hook_registered:
                 atexit.register(_close_renderers)
                 _exit_hook_registered = True
@@ -332,7 +354,8 @@ class ImageEnv(gym.Env):
         # state *before* its last integration; recompute them for the new state so the frame,
         # the observation and a later re-render from info["physics"] all agree. Touches no
         # state variable, so the dynamics are unchanged.
-        mujoco.mj_fwdPosition(self.task.model, self.task.data)
+        if not self.task.positions_current_after_step:
+            mujoco.mj_fwdPosition(self.task.model, self.task.data)
         self._steps += 1
         truncated = self._steps >= self.env_spec.horizon
         self._needs_reset = truncated
@@ -344,9 +367,13 @@ class ImageEnv(gym.Env):
         return self._observation(), total, False, truncated, info
 
     def _close_renderer(self) -> None:
-        if self._renderer is not None:
+        if self._renderer is None:
+            return
+        if self._renderer_pid == os.getpid():
             self._renderer.close()
-            self._renderer = None
+        else:
+            _inherited_renderers.append(self._renderer)
+        self._renderer = None
 
     def close(self):
         self._close_renderer()

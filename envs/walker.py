@@ -26,6 +26,7 @@ class WalkerWalkTask(Task):
     camera = "side"
     has_proprio = False
     success_defined = False
+    positions_current_after_step = True  # dm_control's step ends with mj_step1
 
     def __init__(self):
         env = suite.load("walker", "walk")

@@ -154,6 +154,33 @@ def test_rerender_from_stored_physics_equals_live_frame(name):
     env.close()
 
 
+def _render_in_child(env, physics, queue):
+    try:
+        env.unwrapped.render_physics(physics)
+        queue.put("rendered")
+    except UserError as exc:
+        queue.put(f"UserError: {exc}")
+
+
+def test_forked_child_of_a_rendering_process_gets_a_user_error_not_a_hang():
+    # Collectors and data loaders may fork; a new GL context in such a child hangs in Mesa.
+    import multiprocessing
+
+    env = make("walker", image_size=32, seed=0)
+    obs, info = env.reset()
+    context = multiprocessing.get_context("fork")
+    queue = context.Queue()
+    child = context.Process(target=_render_in_child, args=(env, info["physics"], queue))
+    child.start()
+    message = queue.get(timeout=60)
+    child.join(timeout=60)
+    assert child.exitcode == 0
+    assert message.startswith("UserError: cannot render in a process forked") and "spawn" in message
+    # The parent renders on, unaffected.
+    np.testing.assert_array_equal(env.unwrapped.render_physics(info["physics"]), obs["image"])
+    env.close()
+
+
 def test_fast_scene_settings_are_applied_before_the_first_render():
     import mujoco
 
