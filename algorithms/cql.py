@@ -183,9 +183,8 @@ class CQL(Algorithm):
             loss = 0.5 * self.alpha_prime * sum(w - cfg.cql_target_gap for w in weighted)
         else:
             loss = 0.5 * sum(weighted)
-        gap = 0.5 * (gaps[0] + gaps[1]).detach()
-        self._last_weighted_gap = 0.5 * (weighted[0] + weighted[1]).detach()
-        return loss, {"cql_loss": loss.detach(), "cql_gap": gap, "q_sampled": q1.detach().mean()}
+        return loss, {"cql_loss": loss.detach(), "cql_gap": 0.5 * (gaps[0] + gaps[1]).detach(),
+                      "cql_weighted_gap": 0.5 * (weighted[0] + weighted[1]).detach(), "q_sampled": q1.detach().mean()}
 
     def update(self, obs: dict[str, torch.Tensor], action: torch.Tensor, reward: torch.Tensor,
                next_obs: dict[str, torch.Tensor], terminal: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -203,7 +202,7 @@ class CQL(Algorithm):
         metrics = self.sac.update(batch, extra_critic_loss=self.conservative_term)
         if cfg.cql_auto_alpha:
             # Gradient ascent on alpha' * (gap - target): alpha' grows while the gap exceeds the target.
-            alpha_prime_loss = -self.log_alpha_prime.exp().clamp(0.0, 1e6) * (self._last_weighted_gap - cfg.cql_target_gap)
+            alpha_prime_loss = -self.log_alpha_prime.exp().clamp(0.0, 1e6) * (metrics["cql_weighted_gap"] - cfg.cql_target_gap)
             self.alpha_prime_optim.zero_grad(set_to_none=True)
             alpha_prime_loss.backward()
             self.alpha_prime_optim.step()
