@@ -21,8 +21,8 @@ Sections:
 Files stay in the OS page cache (we do not drop it), as in ``format-measurements.md``.
 The machine is shared: figures vary with the load of other processes.
 
-    python benchmarks/bench_store.py [--episodes 40] [--large] [--quick]
-Writes bench-output/bench_store.json.
+    python benchmarks/bench_store.py [--episodes 40] [--large] [--quick] [--only rss ...]
+Writes bench-output/bench_store.json (bench_store_<sections>.json for partial runs).
 """
 
 from __future__ import annotations
@@ -310,6 +310,8 @@ def main():
     p.add_argument("--episodes", type=int, default=40, help="episodes of the sampling dataset (501 frames each)")
     p.add_argument("--large", action="store_true", help="RSS check on a ~3 GB store under a 0.75 GB cache")
     p.add_argument("--quick", action="store_true", help="fewer codecs, shorter timings")
+    p.add_argument("--only", action="append", choices=["codecs", "chunks", "sampling", "rss"],
+                   help="run only these sections (repeatable; default: all)")
     p.add_argument("--rss-child", nargs=3, help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.rss_child:
@@ -320,24 +322,33 @@ def main():
     eps = rendered_episodes()
     results = {"workload": f"{B} windows x {L} frames of {SIZE}x{SIZE}x3 uint8, walker random-policy frames",
                "machine": _machine()}
-    print(f"== codecs ({RENDERED_EPISODES} rendered episodes, {sum(e.nbytes for e in eps) / 1e6:.0f} MB raw, 32-frame chunks)")
-    results["codecs"] = bench_codecs(eps, CODECS[:4] if args.quick else CODECS)
-    print(f"== chunk length (lz4hc-5, {args.episodes} episodes)")
-    results["chunk_len"] = bench_chunk_len(eps, args.episodes, min_time)
-    print(f"== window sampling ({args.episodes} episodes x 501 frames = "
-          f"{args.episodes * eps[0].nbytes / 1e6:.0f} MB raw)")
-    results["sampling"] = bench_sampling(eps, args.episodes, 32, min_time)
-    store_gb, cache_gb = (3.0, 0.75) if args.large else (0.6, 0.15)
-    print(f"== peak RSS, store {store_gb:g} GB raw under a {cache_gb:g} GB cache")
-    results["rss"] = bench_rss(eps, store_gb, cache_gb, 20.0 if args.large else 8.0)
+    only = set(args.only or ["codecs", "chunks", "sampling", "rss"])
+    if "codecs" in only:
+        print(f"== codecs ({RENDERED_EPISODES} rendered episodes, {sum(e.nbytes for e in eps) / 1e6:.0f} MB raw, "
+              f"32-frame chunks)")
+        results["codecs"] = bench_codecs(eps, CODECS[:4] if args.quick else CODECS)
+    if "chunks" in only:
+        print(f"== chunk length (lz4hc-5, {args.episodes} episodes)")
+        results["chunk_len"] = bench_chunk_len(eps, args.episodes, min_time)
+    if "sampling" in only:
+        print(f"== window sampling ({args.episodes} episodes x 501 frames = "
+              f"{args.episodes * eps[0].nbytes / 1e6:.0f} MB raw)")
+        results["sampling"] = bench_sampling(eps, args.episodes, 32, min_time)
+    if "rss" in only:
+        store_gb, cache_gb = (3.0, 0.75) if args.large else (0.6, 0.15)
+        print(f"== peak RSS, store {store_gb:g} GB raw under a {cache_gb:g} GB cache")
+        results["rss"] = bench_rss(eps, store_gb, cache_gb, 20.0 if args.large else 8.0)
 
-    print("\ncodecs (real 64 px walker frames):")
-    table(results["codecs"], ["codec", "ratio", "disk_mb", "write_frames_per_s", "decode_frames_per_s"])
-    print("\nchunk length:")
-    table(results["chunk_len"], ["chunk_len", "ratio", "cold_frames_per_s", "warm_frames_per_s"])
-    print("\nwindow sampling:")
-    table(results["sampling"], ["format", "frames_per_s", "x_in_memory", "disk_mb"])
-    out = OUT / "bench_store.json"
+    if "codecs" in results:
+        print("\ncodecs (real 64 px walker frames):")
+        table(results["codecs"], ["codec", "ratio", "disk_mb", "write_frames_per_s", "decode_frames_per_s"])
+    if "chunk_len" in results:
+        print("\nchunk length:")
+        table(results["chunk_len"], ["chunk_len", "ratio", "cold_frames_per_s", "warm_frames_per_s"])
+    if "sampling" in results:
+        print("\nwindow sampling:")
+        table(results["sampling"], ["format", "frames_per_s", "x_in_memory", "disk_mb"])
+    out = OUT / ("bench_store.json" if len(only) == 4 and not args.large else f"bench_store_{'_'.join(sorted(only))}{'_large' if args.large else ''}.json")
     out.write_text(json.dumps(results, indent=2))
     print(f"\nwrote {out}")
 

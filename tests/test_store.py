@@ -50,14 +50,22 @@ def walker_store(tmp_path_factory):
                              image_size=32, progress=False)
 
 
+def smoke_horizon():
+    from lompo_bench.collectors.config import budget
+    from lompo_bench.collectors.sac import horizon_of
+
+    return horizon_of("walker", budget("walker", "smoke"))
+
+
 def test_round_trip_of_real_env_data(walker_store):
     from lompo_bench.collectors.random_policy import make_env, random_episode
 
+    h = smoke_horizon()
     ds = Dataset.open(walker_store)
-    assert (ds.env, ds.split, ds.num_episodes, ds.num_transitions) == ("walker", "random", 3, 120)
-    assert ds.shape("image") == (123, 32, 32, 3) and ds.reference_returns[0] is not None
-    assert verify(walker_store) == []
-    sim = make_env("walker", 32, 40)
+    assert (ds.env, ds.split, ds.num_episodes, ds.num_transitions) == ("walker", "random", 3, 3 * h)
+    assert ds.shape("image") == (3 * (h + 1), 32, 32, 3) and ds.reference_returns[0] is not None
+    assert ds.attrs["env"]["horizon"] == h and verify(walker_store) == []
+    sim = make_env("walker", 32, h)
     for i in (0, 2):
         expected = random_episode(sim, 3, i)
         got = ds.episode(i)
@@ -192,10 +200,11 @@ def test_export_has_d4rl_keys_and_shapes(walker_store, tmp_path):
             for key, shape in want.items():
                 assert data[key].shape == shape, key
             assert data["terminals"].dtype == bool and data["timeouts"][:].sum() == ds.num_episodes
-            ep0 = ds.episode(0)
-            np.testing.assert_array_equal(data["observations"][:40], ep0["image"][:-1])
-            np.testing.assert_array_equal(data["next_observations"][:40], ep0["image"][1:])
-            np.testing.assert_array_equal(data["actions"][:40], ep0["action"][1:])
+            ep1, lo, hi = ds.episode(1), ds.episode_starts[1] - 1, ds.episode_ends[1] - 2  # transitions of episode 1
+            np.testing.assert_array_equal(data["observations"][lo:hi], ep1["image"][:-1])
+            np.testing.assert_array_equal(data["next_observations"][lo:hi], ep1["image"][1:])
+            np.testing.assert_array_equal(data["actions"][lo:hi], ep1["action"][1:])
+            np.testing.assert_array_equal(data["rewards"][lo:hi], ep1["reward"][1:])
     with pytest.raises(UserError, match="exists"):
         export(walker_store, "npz", tmp_path / "w.npz")
 
