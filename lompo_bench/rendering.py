@@ -4,7 +4,8 @@ MuJoCo (and dm_control) read ``MUJOCO_GL`` once, when they are first imported, s
 backend must be decided before that: :func:`choose_gl` is called by ``lompo_bench.envs``
 before anything imports mujoco.
 
-- A ``MUJOCO_GL`` the user set is respected as is.
+- A ``MUJOCO_GL`` the user set is respected as is (and a ``PYOPENGL_PLATFORM`` of egl or
+  osmesa limits the choice to that backend, since mujoco requires the two to agree).
 - Otherwise ``egl`` is tried first (Mesa's llvmpipe on a CPU-only box, the GPU where there is
   one), then ``osmesa``. Each candidate is probed by a tiny offscreen render in a subprocess
   (about 0.5 s), because a backend that fails to load makes ``import mujoco`` itself fail.
@@ -45,8 +46,7 @@ _probe_failures: dict[str, str] = {}
 
 def probe(backend: str, timeout: float = 60.0) -> tuple[bool, str]:
     """Whether a tiny MuJoCo offscreen render works with ``MUJOCO_GL=backend``, and why not."""
-    env = dict(os.environ, MUJOCO_GL=backend)
-    env.pop("PYOPENGL_PLATFORM", None)
+    env = dict(os.environ, MUJOCO_GL=backend, PYOPENGL_PLATFORM=backend)
     try:
         proc = subprocess.run(
             [sys.executable, "-c", _PROBE], env=env, capture_output=True, text=True, timeout=timeout
@@ -62,8 +62,10 @@ def choose_gl() -> str:
     current = os.environ.get("MUJOCO_GL")
     if current is not None:
         return current
+    pyopengl = os.environ.get("PYOPENGL_PLATFORM", "").lower()
+    candidates = (pyopengl,) if pyopengl in CANDIDATES else CANDIDATES  # mujoco insists they agree
     late = "mujoco" in sys.modules  # imported before us: it picked GLFW, which needs a display
-    for backend in CANDIDATES:
+    for backend in candidates:
         ok, why = probe(backend)
         if ok:
             os.environ["MUJOCO_GL"] = backend
@@ -87,11 +89,13 @@ def _switch_loaded_mujoco(backend: str) -> None:
 
 
 def no_gl_message() -> str:
-    tried = "; ".join(f"{b}: {why}" for b, why in _probe_failures.items() if why)
-    hint = f" ({tried})" if tried else ""
+    if _probe_failures:
+        reasons = "; ".join(f"{b}: {why}" if why else b for b, why in _probe_failures.items())
+        what = f"no headless OpenGL backend works (tried MUJOCO_GL={', '.join(_probe_failures)}: {reasons})"
+    else:
+        what = f"rendering is off (MUJOCO_GL={os.environ.get('MUJOCO_GL', '')})"
     return (
-        "no headless OpenGL backend works (tried MUJOCO_GL=egl, osmesa)"
-        f"{hint}; install the Debian packages {PACKAGES['egl']} (egl) or {PACKAGES['osmesa']} (osmesa), "
+        f"{what}; install the Debian packages {PACKAGES['egl']} (egl) or {PACKAGES['osmesa']} (osmesa), "
         "or set MUJOCO_GL yourself"
     )
 
