@@ -400,7 +400,6 @@ def train(env: str, seed: int = 0, profile: str = "paper", *, progress: bool = T
     wrapper = RecordingStateEnv(make_env(env, budget), seed, log)
     vec_env = DummyVecEnv([lambda: wrapper])
     eval_env = make_env(env, budget)
-    start = time.time()
 
     if ckpt is None:
         log.truncate(0)
@@ -497,7 +496,7 @@ def train(env: str, seed: int = 0, profile: str = "paper", *, progress: bool = T
     final_eval = state["curve"][-1]
     horizon = horizon_of(env, budget)
     medium = splits.medium_point(state["curve"], rand["mean_train_return"], final_eval["mean_train_return"],
-                          min_step=horizon, max_step=model.num_timesteps - horizon)
+                                 min_step=horizon, max_step=model.num_timesteps - horizon)
     wall = state["wall_time_s"] + time.time() - t0[0]
 
     result = {
