@@ -21,8 +21,8 @@
 - **Proprio** (48): hand joint positions (24) and velocities (24).
 - **State** (45): gymnasium-robotics' observation (hand joints, pen pose and velocity,
   pen and target orientation, their differences).
-- **Camera**: a free camera in front of the hand, level with the palm, so the hand and pen
-  fill the frame (the upstream default view shows a small hand).
+- **Camera**: a free camera in front of the fingertips, 30 degrees above the palm, framing
+  the hand, the pen and the green target pen (the upstream default view shows a small hand).
 """
 
 from __future__ import annotations
@@ -47,7 +47,7 @@ NUM_HAND_JOINTS = 24
 class AdroitPenTask(Task):
     has_proprio = True
     success_defined = True
-    free_camera = dict(lookat=(0.1, -0.2, 0.26), distance=0.6, azimuth=-110.0, elevation=-25.0)
+    free_camera = dict(lookat=(0.14, -0.2, 0.2), distance=0.65, azimuth=-110.0, elevation=-30.0)
 
     def __init__(self):
         self._env = AdroitHandPenEnv(reward_type="dense")
