@@ -25,16 +25,18 @@ Agent (SAC, automatic entropy tuning, the shared `networks.SAC`):
     of the last tau = `sequence_length` frames and the tau - 1 actions between them, as in SLAC
     (features detached: only the model loss trains the encoder).
   The transition the agent learns from is the last step of each window: z_tau-1, a_tau, r_tau,
-  z_tau; the terminal flag of row tau stops bootstrapping.
+  z_tau; the terminal flag of row tau stops bootstrapping. A fraction (tau - 1) / horizon of
+  the windows instead teach an earlier step k < tau - 1 with the history padded as at the start
+  of an episode (see below), as SLAC's replay buffer holds padded start-of-episode sequences.
 
 Schedule: `model_pretrain_steps` of model updates only (SLAC's initial model training), then
 `joint_steps` iterations of one model update and one SAC update each.
 
 Evaluation: the policy keeps the history of features and actions between `act` calls. At the
 start of an episode the history is padded with copies of the first frame's features and zero
-actions (training windows never reach before an episode's first row, so the policy has not
-seen any padding; copies of the first frame are the closest in-distribution history: a robot
-that stood still).
+actions (SLAC pads with zeros; copies of the first frame keep the padding in the encoder's
+feature distribution). Training builds the same padded histories (`history_at`), treating a
+window's first row as an episode start.
 
 Deviations from SLAC, on purpose: the conv encoder/decoder are the suite's shared ones sized by
 image size (the LOMPO paper's Appendix C), with proprio embedded/decoded where the task has it;
@@ -191,6 +193,22 @@ def history(features: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
     return torch.cat([features.flatten(1), actions.flatten(1)], -1)
 
 
+def history_at(features: torch.Tensor, actions: torch.Tensor, end: torch.Tensor, tau: int) -> torch.Tensor:
+    """The actor's input for the history ending at row `end` (B,) of each window, as if the
+    episode started at row 0: frames before row 0 are copies of row 0 and the actions before
+    row 1 are zero, exactly what `SLACPolicy` holds during its first tau - 1 steps.
+
+    features (B, L, F), actions (B, L, A) (row t's action led into x_t)."""
+    b = features.shape[0]
+    slots = torch.arange(tau, device=features.device)
+    frame_rows = (slots[None] - (tau - 1) + end[:, None]).clamp(min=0)  # (B, tau)
+    action_rows = slots[None, 1:] - (tau - 1) + end[:, None]  # (B, tau - 1); < 1: before the episode
+    batch_index = torch.arange(b, device=features.device)[:, None]
+    frames = features[batch_index, frame_rows]
+    acts = actions[batch_index, action_rows.clamp(min=0)] * (action_rows >= 1)[..., None].to(actions.dtype)
+    return history(frames, acts)
+
+
 class SLACPolicy(Policy):
     """Acts on the history of the last tau frames' features and the actions between them."""
 
@@ -277,17 +295,30 @@ class SLAC(Algorithm):
         """Negative ELBO of a batch of windows (from `sample`), without updating anything."""
         return float(self.model.loss(self._obs(batch), batch["action"], batch["reward"])[0])
 
-    def update_agent(self, batch: dict) -> dict[str, torch.Tensor]:
+    def agent_batch(self, batch: dict) -> SACBatch:
+        """The SAC batch of a window batch: transition k -> k + 1 with k = tau - 1 (the window's
+        last step), or, for a fraction (tau - 1) / horizon of the windows (as often as SLAC's
+        replay buffer holds them), a random k < tau - 1 with the actor's histories padded as at
+        the start of an episode (`history_at`), so the policy has trained on what it sees
+        during the first tau - 1 steps of every evaluation episode."""
         tau = self.config.sequence_length
         with torch.no_grad():  # the model is a fixed filter for the agent's update
             features = self.model.encoder(self._obs(batch))
             z, _ = self.model.posterior(features, batch["action"])
+        b, device = features.shape[0], features.device
+        k = torch.full((b,), tau - 1, device=device)
+        if tau > 1:
+            padded = torch.rand(b, device=device) < (tau - 1) / max(self.spec.horizon, tau)
+            k = torch.where(padded, torch.randint(0, tau - 1, (b,), device=device), k)
+        rows = torch.arange(b, device=device)
         actions = batch["action"]
-        sac_batch = SACBatch(obs=z[:, tau - 1], action=actions[:, tau], reward=batch["reward"][:, tau],
-                             next_obs=z[:, tau], not_done=1.0 - batch["is_terminal"][:, tau],
-                             actor_obs=history(features[:, :tau], actions[:, 1:tau]),
-                             next_actor_obs=history(features[:, 1:], actions[:, 2:]))
-        return self.sac.update(sac_batch)
+        return SACBatch(obs=z[rows, k], action=actions[rows, k + 1], reward=batch["reward"][rows, k + 1],
+                        next_obs=z[rows, k + 1], not_done=1.0 - batch["is_terminal"][rows, k + 1],
+                        actor_obs=history_at(features, actions, k, tau),
+                        next_actor_obs=history_at(features, actions, k + 1, tau))
+
+    def update_agent(self, batch: dict) -> dict[str, torch.Tensor]:
+        return self.sac.update(self.agent_batch(batch))
 
     def train_step(self, dataset, step: int) -> dict[str, float]:
         cfg = self.config

@@ -12,7 +12,7 @@ import torch
 from click.testing import CliRunner
 
 from lompo_bench.algorithms.base import DataSpec
-from lompo_bench.algorithms.slac import SLAC, SLACConfig, SLACPolicy
+from lompo_bench.algorithms.slac import SLAC, SLACConfig, SLACPolicy, history_at
 from lompo_bench.errors import UserError
 from lompo_bench.evaluation import policy_view
 from lompo_bench.store import Dataset
@@ -57,6 +57,39 @@ def test_posterior_shapes_and_agent_sees_the_last_transition(walker_store):
     assert {"critic_loss", "actor_loss", "alpha"} <= set(metrics)
     # The actor's input is tau frames' features and the tau - 1 actions between them.
     assert algo.sac.actor.net[0].in_features == cfg.sequence_length * features.shape[-1] + (cfg.sequence_length - 1) * spec.action_dim
+
+
+def test_training_histories_match_what_the_policy_sees():
+    """`history_at` (training) builds, for every step k of an episode, exactly the actor input
+    `SLACPolicy` assembles online, padded start of the episode included."""
+    tau, feature_dim, action_dim, length = 4, 5, 2, 7
+    torch.manual_seed(0)
+    features, actions = torch.randn(1, length, feature_dim), torch.randn(1, length, action_dim)
+    actions[:, 0] = 0.0  # row 0's action (before the episode) is never used
+    frames = iter(features[0])
+
+    class RecordingActor:
+        inputs: list = []
+
+        def mode(self, x):  # acts with the dataset's next action, recording what it was given
+            self.inputs.append(x.clone())
+            step = len(self.inputs)
+            return actions[:, step] if step < length else torch.zeros(1, action_dim)
+
+    actor = RecordingActor()
+    policy = SLACPolicy(lambda obs: next(frames)[None], actor, tau, action_dim, "cpu")
+    for _ in range(length):
+        policy.act({"image": np.zeros((2, 2, 3), np.uint8)})
+    for k in range(length):
+        torch.testing.assert_close(actor.inputs[k], history_at(features, actions, torch.tensor([k]), tau))
+
+
+def test_agent_phase_leaves_the_model_alone(walker_store):
+    algo = smoke_slac(walker_store)
+    before = {k: v.clone() for k, v in algo.model.state_dict().items()}
+    algo.update_agent(algo.sample(walker_store, 4))
+    for k, v in algo.model.state_dict().items():
+        torch.testing.assert_close(v, before[k], msg=k)
 
 
 def test_smoke_training_phases_and_policy_acts_in_real_env(walker_store):
