@@ -1,6 +1,7 @@
 """The dataset store: round trip of real env data, window sampling, verify, export, bad input."""
 
 import json
+import pickle
 
 import numpy as np
 import pytest
@@ -107,6 +108,10 @@ def test_windows_never_cross_episodes_and_match_the_data(tmp_path):
     assert seen == {1, 2, 3, 5}  # exactly the episodes with >= 8 rows (steps + 1)
     w = ds.sample_windows(4, 21, rng, keys=["reward", "is_first"])
     assert w["reward"].shape == (4, 21) and not w["is_first"][:, 1:].any()
+    shipped = pickle.loads(pickle.dumps(ds))  # e.g. to a DataLoader worker: metadata only
+    assert shipped.cache.nbytes == 0 and len(pickle.dumps(ds)) < 10_000
+    a, b = (d.sample_windows(8, 8, np.random.default_rng(9)) for d in (ds, shipped))
+    assert all(np.array_equal(a[k], b[k]) for k in a)
 
 
 def test_sample_transitions_is_rows_t_minus_1_to_t(tmp_path):

@@ -278,6 +278,13 @@ class Dataset:
             "timeout": w["is_last"][:, 1] & ~terminal,
         }
 
+    def __getstate__(self):
+        # Sent to a worker process: ship the metadata, not the decoded chunks.
+        state = self.__dict__.copy()
+        state["cache"] = ChunkCache(self.cache.max_bytes)
+        state["_readers"] = {}
+        return state
+
     def __repr__(self):
         return (f"Dataset({str(self.path)!r}, env={self.env!r}, split={self.split!r}, "
                 f"episodes={self.num_episodes}, rows={self.num_rows})")
