@@ -28,6 +28,9 @@ proprioception. :class:`ImageEnv` wraps any task the same way:
   skybox; see :func:`make_scene_fast`): on a software renderer this is what makes image
   collection affordable. The camera is the task's named/id camera, or a free camera given as
   ``dict(lookat, distance, azimuth, elevation)``.
+- **Processes.** Rendering in a process forked from one that has already rendered raises
+  a UserError (Mesa's EGL would hang there); use ``spawn``/``forkserver`` workers, or fork
+  before rendering. Physics-only use (``render=False``) is unaffected.
 - **Seeding.** ``reset(seed=s)`` seeds the task's initial-state distribution and the action
   space; ``make(..., seed=s)`` makes the *first* ``reset()`` use ``s``.
 """
