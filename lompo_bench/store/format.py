@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 
 import numpy as np
 
@@ -34,6 +35,7 @@ FORMAT_VERSION = 1
 DEFAULT_CODEC = "lz4hc-5"
 DEFAULT_CHUNK_LEN = 32
 DEFAULT_CACHE_BYTES = 1 << 30  # 1 GiB of decoded chunks per open Dataset
+DEFAULT_DECODE_THREADS = min(8, os.cpu_count() or 1)
 
 BLOSC_CNAMES = ("lz4", "lz4hc", "zstd", "zlib", "blosclz")
 BLOSC_SHUFFLES = ("noshuffle", "shuffle", "bitshuffle")

@@ -6,12 +6,14 @@ it: it reads each array's ``zarr.json`` once, then fetches chunk files itself, d
 with numcodecs' Blosc, and keeps decoded chunks in one LRU cache capped in bytes
 (``cache_bytes``). A batch of windows is assembled chunk by chunk: all the window pieces that
 fall in one chunk are copied out of it together, so each chunk is decoded at most once per
-batch, whatever the cache size.
+batch, whatever the cache size; the chunks a batch misses are decoded by a small thread pool
+(``decode_threads``), as Blosc releases the GIL.
 """
 
 from __future__ import annotations
 
 import json
+import os
 from collections import OrderedDict
 from pathlib import Path
 
@@ -123,8 +125,10 @@ class ArrayReader:
 class Dataset:
     """A dataset store opened for reading. ``Dataset.open(path)``; see ``docs/interfaces.md``."""
 
-    def __init__(self, path: Path, attrs: dict, cache_bytes: int, allow_incomplete: bool):
+    def __init__(self, path: Path, attrs: dict, cache_bytes: int, allow_incomplete: bool,
+                 decode_threads: int | None = None):
         self.path = path
+        self.decode_threads = max(1, int(decode_threads or fmt.DEFAULT_DECODE_THREADS))
         self.attrs = attrs
         self.cache = ChunkCache(cache_bytes)
         self._readers: dict[str, ArrayReader] = {}
@@ -140,14 +144,18 @@ class Dataset:
         self._starts_cache: dict[int, tuple[np.ndarray, np.ndarray]] = {}
 
     @classmethod
-    def open(cls, path, *, cache_bytes: int = fmt.DEFAULT_CACHE_BYTES, allow_incomplete: bool = False) -> "Dataset":
+    def open(cls, path, *, cache_bytes: int = fmt.DEFAULT_CACHE_BYTES, allow_incomplete: bool = False,
+             decode_threads: int | None = None) -> "Dataset":
+        """``cache_bytes``: cap of the decoded-chunk cache; ``decode_threads``: threads decoding the
+        chunks one call needs (default: up to 8, one per core); ``allow_incomplete``: read an
+        unfinished store up to its last whole episode."""
         path = Path(path)
         attrs = read_attrs(path)
         if not attrs.get("complete") and not allow_incomplete:
             episodes = attrs.get("progress", {}).get("episodes", 0)
             raise UserError(f"{path} is incomplete ({episodes} whole episodes written, never finalized); "
                             f"re-run the command that wrote it to resume, or pass --overwrite to start again")
-        return cls(path, attrs, cache_bytes, allow_incomplete)
+        return cls(path, attrs, cache_bytes, allow_incomplete, decode_threads)
 
     # -- metadata ------------------------------------------------------------------------
     @property
@@ -190,13 +198,20 @@ class Dataset:
         return self._readers[key]
 
     # -- chunk access --------------------------------------------------------------------
-    def _chunk(self, reader: ArrayReader, c: int) -> np.ndarray:
-        cache_key = (reader.key, c)
-        chunk = self.cache.get(cache_key)
-        if chunk is None:
-            chunk = reader.read_chunk(c)
-            self.cache.put(cache_key, chunk)
-        return chunk
+    def _chunks(self, reader: ArrayReader, ids: list[int]) -> list[np.ndarray]:
+        """Decoded chunks ``ids``: from the cache, the missing ones decoded (in parallel when
+        ``decode_threads`` > 1: Blosc releases the GIL) and put into the cache."""
+        found = [self.cache.get((reader.key, c)) for c in ids]
+        missing = [c for c, chunk in zip(ids, found) if chunk is None]
+        if len(missing) > 1 and self.decode_threads > 1:
+            decoded = iter(_decode_pool(self.decode_threads).map(reader.read_chunk, missing))
+        else:
+            decoded = (reader.read_chunk(c) for c in missing)
+        for i, c in enumerate(ids):
+            if found[i] is None:
+                found[i] = next(decoded)
+                self.cache.put((reader.key, c), found[i])
+        return found
 
     def read(self, key: str, start: int, stop: int) -> np.ndarray:
         """Rows ``[start, stop)`` of one array (a copy), through the chunk cache."""
@@ -216,24 +231,25 @@ class Dataset:
         return {k: self.read(k, lo, hi) for k in (keys or self.keys)}
 
     def _gather(self, key: str, starts: np.ndarray, length: int) -> np.ndarray:
-        """``out[b] = rows[starts[b] : starts[b] + length]``, each chunk decoded once."""
+        """``out[b] = rows[starts[b] : starts[b] + length]``, chunk by chunk: every window piece
+        inside one chunk is copied while that chunk is at hand, so each is decoded once per call."""
         reader = self.reader(key)
         rows = reader.chunk_rows
         out = np.empty((len(starts), length) + reader.shape[1:], reader.dtype)
         first = starts // rows
         last = (starts + length - 1) // rows
-        pieces = []  # (chunk, batch index, start row) for every chunk a window touches
+        by_chunk: dict[int, list[int]] = {}  # chunk -> windows that touch it
         for b in range(len(starts)):
-            for c in range(first[b], last[b] + 1):
-                pieces.append((c, b))
-        pieces.sort()
-        current, chunk = -1, None
-        for c, b in pieces:
-            if c != current:
-                current, chunk = c, self._chunk(reader, c)
-            a = int(starts[b])
-            lo, hi = max(a, c * rows), min(a + length, (c + 1) * rows)
-            out[b, lo - a: hi - a] = chunk[lo - c * rows: hi - c * rows]
+            for c in range(int(first[b]), int(last[b]) + 1):
+                by_chunk.setdefault(c, []).append(b)
+        ids = sorted(by_chunk)
+        group = max(1, 4 * self.decode_threads)  # chunks decoded ahead: bounds the memory held per call
+        for g in range(0, len(ids), group):
+            for c, chunk in zip(ids[g:g + group], self._chunks(reader, ids[g:g + group])):
+                for b in by_chunk[c]:
+                    a = int(starts[b])
+                    lo, hi = max(a, c * rows), min(a + length, (c + 1) * rows)
+                    out[b, lo - a: hi - a] = chunk[lo - c * rows: hi - c * rows]
         return out
 
     # -- sampling ------------------------------------------------------------------------
@@ -288,6 +304,18 @@ class Dataset:
     def __repr__(self):
         return (f"Dataset({str(self.path)!r}, env={self.env!r}, split={self.split!r}, "
                 f"episodes={self.num_episodes}, rows={self.num_rows})")
+
+
+_POOL: tuple | None = None  # (pid, threads, executor): one per process, rebuilt after a fork
+
+
+def _decode_pool(threads: int):
+    global _POOL
+    if _POOL is None or _POOL[0] != os.getpid() or _POOL[1] < threads:
+        from concurrent.futures import ThreadPoolExecutor
+
+        _POOL = (os.getpid(), threads, ThreadPoolExecutor(threads, thread_name_prefix="lompo-bench-decode"))
+    return _POOL[2]
 
 
 def read_all_rows(reader: ArrayReader, rows: int) -> np.ndarray:

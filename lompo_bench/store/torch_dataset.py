@@ -29,7 +29,9 @@ class WindowDataset(IterableDataset):
         info = get_worker_info()
         worker, workers = (0, 1) if info is None else (info.id, info.num_workers)
         rng = np.random.default_rng([self.seed, worker])
-        data = Dataset.open(self.path, cache_bytes=self.cache_bytes)
+        # workers share the cores: split the decoding threads between them
+        threads = max(1, fmt.DEFAULT_DECODE_THREADS // workers)
+        data = Dataset.open(self.path, cache_bytes=self.cache_bytes, decode_threads=threads)
         count = None if self.num_batches is None else len(range(worker, self.num_batches, workers))
         produced = 0
         while count is None or produced < count:
