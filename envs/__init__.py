@@ -13,95 +13,33 @@ its module). ``image_size=None`` is the paper's size; any size from 32 to 1024 w
 ``render=False`` drops the ``image`` key for fast state-only collection; frames are then
 rendered later from ``info["physics"]`` with :func:`render_states`.
 
-The headless OpenGL backend is chosen (``lompo_bench.rendering.choose_gl``) before anything
-imports mujoco; task modules are imported only when their env is made.
+Importing this package is cheap: ``SPECS`` and friends need no simulator. The simulator
+side (``core``, then each task's module) is imported on first use; ``core`` chooses the
+headless OpenGL backend (``lompo_bench.rendering.choose_gl``) before it imports mujoco.
 """
 
 from __future__ import annotations
 
-from lompo_bench import rendering
+from typing import TYPE_CHECKING
 
-rendering.choose_gl()  # must precede any mujoco / dm_control import
+import numpy as np
 
-import mujoco  # noqa: E402
-import numpy as np  # noqa: E402
+from lompo_bench.errors import UserError
 
-from lompo_bench.errors import UserError, choice_error  # noqa: E402
+from .spec import ENV_NAMES, SPECS, EnvSpec, check_image_size, get_spec
 
-from .core import PHYSICS_SPEC, EnvSpec, ImageEnv, Task, check_image_size  # noqa: E402
+if TYPE_CHECKING:
+    from .core import ImageEnv, Task
 
-__all__ = ["ENV_NAMES", "SPECS", "EnvSpec", "ImageEnv", "Task", "make", "render_states", "env_attrs"]
-
-SPECS: dict[str, EnvSpec] = {
-    spec.name: spec
-    for spec in (
-        EnvSpec(
-            name="walker",
-            base="dm_control walker-walk",
-            action_repeat=2,
-            horizon=500,
-            image_size=64,
-            has_proprio=False,
-            camera="dm_control 'side' camera (tracks the centre of mass)",
-            reward_range=(0.0, 2.0),
-            description="Planar biped; walk forward at 1 m/s. Images only.",
-            task="lompo_bench.envs.walker:WalkerWalkTask",
-            success_defined=False,
-        ),
-        # Mirrors `dclaw.SPEC` (kept literal so listing envs does not import the task;
-        # tests/test_envs.py checks the two agree).
-        EnvSpec(
-            name="dclaw-screw",
-            base="D'Claw screw (ROBEL, rebuilt on mujoco): turn the valve continuously",
-            action_repeat=2,
-            horizon=40,
-            image_size=128,
-            has_proprio=True,
-            camera="claw_view: fixed, outside the claw, looking down at the valve at about 45 degrees",
-            reward_range=(-64.63341239411523, 62.83185307179586),
-            description=(
-                "Three 3-DoF fingers turn a three-pronged valve counter-clockwise as fast as possible; "
-                "reward 5 x valve speed minus pose and joint-speed costs; 9-D servo position targets; "
-                "40 agent steps of 0.2 s"
-            ),
-            task="lompo_bench.envs.dclaw:DClawScrewTask",
-            success_defined=False,
-        ),
-        EnvSpec(
-            name="adroit-pen",
-            base="gymnasium-robotics AdroitHandPen-v1",
-            action_repeat=4,
-            horizon=50,
-            image_size=128,
-            has_proprio=True,
-            camera="free camera in front of the fingertips, 30 degrees above the palm",
-            reward_range=(-32.0, 244.0),
-            description="24-DoF hand; twirl the pen to a fixed target orientation.",
-            task="lompo_bench.envs.adroit:AdroitPenTask",
-            success_defined=True,
-        ),
-        EnvSpec(
-            name="sawyer-door",
-            base="Meta-World door-open-v3",
-            action_repeat=4,
-            horizon=125,
-            image_size=128,
-            has_proprio=False,
-            camera="free camera, front-left of the arm and door",
-            reward_range=(0.0, 4.0),
-            description="Sawyer arm; open the door. Reward 1 per base step on success, else 0.",
-            task="lompo_bench.envs.sawyer:SawyerDoorOpenTask",
-            success_defined=True,
-        ),
-    )
-}
-ENV_NAMES = tuple(SPECS)
+__all__ = ["ENV_NAMES", "SPECS", "EnvSpec", "ImageEnv", "Task", "get_spec", "make", "render_states", "env_attrs"]
 
 
-def get_spec(name: str) -> EnvSpec:
-    if name not in SPECS:
-        raise choice_error("env", name, ENV_NAMES)
-    return SPECS[name]
+def __getattr__(name):  # PEP 562: the simulator side loads on first use
+    if name in ("ImageEnv", "Task", "PHYSICS_SPEC"):
+        from . import core
+
+        return getattr(core, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def make(
@@ -120,6 +58,10 @@ def make(
     """
     spec = get_spec(name)
     size = spec.image_size if image_size is None else check_image_size(image_size)
+    from lompo_bench import rendering
+
+    from .core import ImageEnv
+
     if render:
         rendering.require_gl()
     task = spec.build_task()
@@ -159,6 +101,10 @@ def env_attrs(name: str, image_size: int | None = None) -> dict:
     """The ``env`` block of a dataset's attributes: everything needed to rebuild the env."""
     spec = get_spec(name)
     size = spec.image_size if image_size is None else check_image_size(image_size)
+    import mujoco
+
+    from .core import PHYSICS_SPEC
+
     env = make(name, image_size=size, render=False)
     try:
         obs_space = env.observation_space

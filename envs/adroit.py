@@ -27,13 +27,13 @@
 
 from __future__ import annotations
 
-import contextlib
-import io
+from .core import Task  # first: it picks the OpenGL backend before mujoco is imported
 
-import mujoco
-import numpy as np
+import contextlib  # noqa: E402
+import io  # noqa: E402
 
-from .core import Task
+import mujoco  # noqa: E402
+import numpy as np  # noqa: E402
 
 with contextlib.redirect_stderr(io.StringIO()):
     # gymnasium-robotics prints a notice about the relocate/hammer/door rewards on import.

@@ -39,21 +39,22 @@ from __future__ import annotations
 
 import abc
 import atexit
-import dataclasses
-import importlib
 import os
 import weakref
 from typing import Any
 
-import gymnasium as gym
-import mujoco
-import numpy as np
-
 from lompo_bench import rendering
-from lompo_bench.errors import UserError
 
-MIN_IMAGE_SIZE = 32
-MAX_IMAGE_SIZE = 1024
+rendering.choose_gl()  # before the first import of mujoco anywhere (no-op once decided)
+
+import gymnasium as gym  # noqa: E402
+import mujoco  # noqa: E402
+import numpy as np  # noqa: E402
+
+from lompo_bench.errors import UserError  # noqa: E402
+
+from .spec import MAX_IMAGE_SIZE, MIN_IMAGE_SIZE, EnvSpec, check_image_size  # noqa: E402,F401
+
 PHYSICS_SPEC = mujoco.mjtState.mjSTATE_INTEGRATION
 
 
@@ -126,38 +127,6 @@ class Task(abc.ABC):
 
     def close(self) -> None:
         """Release anything the task holds (optional)."""
-
-
-@dataclasses.dataclass(frozen=True)
-class EnvSpec:
-    """The fixed settings of one registered environment."""
-
-    name: str
-    base: str  # the upstream task it is built on, in words
-    action_repeat: int
-    horizon: int  # agent steps per episode
-    image_size: int  # the paper's image size
-    has_proprio: bool
-    camera: str  # the view, in words (for `envs list` and dataset attributes)
-    reward_range: tuple[float, float]  # per agent step (i.e. summed over the repeat)
-    description: str
-    task: str = ""  # "module:factory" building the Task, imported lazily
-    success_defined: bool = False
-    task_kwargs: tuple = ()  # ((key, value), ...) passed to the factory
-
-    def build_task(self) -> Task:
-        module_name, attr = self.task.split(":")
-        factory = getattr(importlib.import_module(module_name), attr)
-        return factory(**dict(self.task_kwargs))
-
-
-def check_image_size(image_size) -> int:
-    """An int in [MIN_IMAGE_SIZE, MAX_IMAGE_SIZE], else a one-line UserError."""
-    if isinstance(image_size, bool) or not isinstance(image_size, (int, np.integer)):
-        raise UserError(f"image size must be an integer from {MIN_IMAGE_SIZE} to {MAX_IMAGE_SIZE}, got {image_size!r}")
-    if not MIN_IMAGE_SIZE <= int(image_size) <= MAX_IMAGE_SIZE:
-        raise UserError(f"image size {image_size} out of range; accepted: {MIN_IMAGE_SIZE} to {MAX_IMAGE_SIZE} pixels")
-    return int(image_size)
 
 
 def make_scene_fast(model: mujoco.MjModel, image_size: int) -> None:

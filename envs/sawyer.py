@@ -24,13 +24,13 @@
 
 from __future__ import annotations
 
-import pickle
+from .core import Task  # first: it picks the OpenGL backend before mujoco is imported
 
-import numpy as np
-from metaworld.envs.sawyer_door_v3 import SawyerDoorEnvV3
-from metaworld.types import Task as MetaWorldTask
+import pickle  # noqa: E402
 
-from .core import Task
+import numpy as np  # noqa: E402
+from metaworld.envs.sawyer_door_v3 import SawyerDoorEnvV3  # noqa: E402
+from metaworld.types import Task as MetaWorldTask  # noqa: E402
 
 DOOR_POSITION = np.array([0.1, 0.95, 0.15])  # Meta-World's default `obj_init_pos` for the door
 

@@ -16,10 +16,10 @@
 
 from __future__ import annotations
 
-import numpy as np
-from dm_control import suite
+from .core import Task  # first: it picks the OpenGL backend before mujoco is imported
 
-from .core import Task
+import numpy as np  # noqa: E402
+from dm_control import suite  # noqa: E402
 
 
 class WalkerWalkTask(Task):

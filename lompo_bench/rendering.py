@@ -1,8 +1,8 @@
 """Headless OpenGL backend selection for MuJoCo rendering.
 
 MuJoCo (and dm_control) read ``MUJOCO_GL`` once, when they are first imported, so the
-backend must be decided before that: :func:`choose_gl` is called by ``lompo_bench.envs``
-before anything imports mujoco.
+backend must be decided before that: :func:`choose_gl` is called at the top of
+``lompo_bench.envs.core``, which every task module imports before mujoco.
 
 - A ``MUJOCO_GL`` the user set is respected as is (and a ``PYOPENGL_PLATFORM`` of egl or
   osmesa limits the choice to that backend, since mujoco requires the two to agree).
@@ -10,7 +10,7 @@ before anything imports mujoco.
   one), then ``osmesa``. Each candidate is probed by a tiny offscreen render in a subprocess
   (about 0.5 s), because a backend that fails to load makes ``import mujoco`` itself fail.
   The winner is written to ``os.environ["MUJOCO_GL"]``, so child processes skip the probe.
-  If mujoco was imported before lompo_bench.envs (so it chose GLFW, which needs a display),
+  If mujoco was imported before lompo_bench.envs.core (so it chose GLFW, which needs a display),
   the winner is swapped into the loaded ``mujoco.gl_context``.
 - If neither works, ``MUJOCO_GL`` is set to ``disabled`` so that physics (and
   ``make(..., render=False)``) still works, and the first attempt to render raises a

@@ -266,7 +266,11 @@ def test_gl_choice_respects_user_setting_and_names_packages(monkeypatch):
 
 def test_gl_backend_is_chosen_in_a_fresh_process():
     env = {k: v for k, v in os.environ.items() if k not in ("MUJOCO_GL", "PYOPENGL_PLATFORM")}
-    code = "import os, lompo_bench.envs; print(os.environ['MUJOCO_GL'])"
+    # Listing envs needs no simulator; the backend is chosen when the simulator side loads.
+    code = (
+        "import os, sys, lompo_bench.envs; assert 'mujoco' not in sys.modules; "
+        "import lompo_bench.envs.core; print(os.environ['MUJOCO_GL'])"
+    )
     proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() in rendering.CANDIDATES
