@@ -49,6 +49,8 @@ def show(name, out, image_size, steps, frames, seed, scale):
     from lompo_bench.envs import get_spec, make
 
     spec = get_spec(name)
+    if out.suffix.lower() != ".png":
+        raise UserError(f"--out {str(out)!r} is not a .png file; accepted: a path ending in .png")
     if steps is None:
         steps = spec.horizon
     if not 1 <= steps <= spec.horizon:

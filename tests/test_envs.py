@@ -227,10 +227,13 @@ def test_unknown_env_is_a_user_error():
         (["envs", "show", "nope"], "error: unknown env 'nope'; accepted: walker, dclaw-screw, adroit-pen, sawyer-door"),
         (["envs", "show", "walker", "--image-size", "16"], "error: image size 16 out of range; accepted: 32 to 1024 pixels"),
         (["envs", "show", "walker", "--steps", "0"], "error: --steps 0 out of range; accepted: 1 to 500 (the walker horizon)"),
+        (["envs", "show", "walker", "--out", "strip.gif"], "error: --out 'strip.gif' is not a .png file; accepted: a path ending in .png"),
     ],
 )
 def test_cli_bad_input_is_one_line_error(tmp_path, args, message):
-    result = CliRunner().invoke(cli, args + ["--out", str(tmp_path / "x.png")])
+    if "--out" not in args:
+        args = args + ["--out", str(tmp_path / "x.png")]
+    result = CliRunner().invoke(cli, args)
     assert result.exit_code == 2
     assert result.stderr.strip() == message
     assert "Traceback" not in result.output
