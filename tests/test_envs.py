@@ -181,6 +181,16 @@ def test_forked_child_of_a_rendering_process_gets_a_user_error_not_a_hang():
     env.close()
 
 
+def test_physics_of_the_wrong_shape_is_a_user_error():
+    env = make("walker", image_size=32, seed=0)
+    _, info = env.reset()
+    with pytest.raises(UserError, match=r"accepted: \(N, \d+\) float64"):
+        render_states("walker", np.zeros((2, info["physics"].size + 1)), image_size=32)
+    with pytest.raises(UserError, match="from info\\['physics'\\]"):
+        env.unwrapped.render_physics(info["physics"][:-1])
+    env.close()
+
+
 def test_fast_scene_settings_are_applied_before_the_first_render():
     import mujoco
 
