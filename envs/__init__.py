@@ -97,6 +97,13 @@ def render_states(name: str, physics: np.ndarray, image_size: int | None = None)
     return out
 
 
+def _camera_view(task) -> dict:
+    """The exact view, JSON-ready: a model camera's name/id, or the free camera's pose."""
+    if task.free_camera is not None:
+        return {"free": {k: (list(v) if isinstance(v, (tuple, list)) else float(v)) for k, v in task.free_camera.items()}}
+    return {"model_camera": task.camera}
+
+
 def env_attrs(name: str, image_size: int | None = None) -> dict:
     """The ``env`` block of a dataset's attributes: everything needed to rebuild the env."""
     spec = get_spec(name)
@@ -116,6 +123,7 @@ def env_attrs(name: str, image_size: int | None = None) -> dict:
             "image_size": size,
             "paper_image_size": spec.image_size,
             "camera": spec.camera,
+            "camera_view": _camera_view(env.task),
             "has_proprio": spec.has_proprio,
             "success_defined": spec.success_defined,
             "obs_keys": ["image"] + [k for k in obs_space.spaces],

@@ -210,6 +210,11 @@ def test_env_attrs_describe_the_env():
     assert attrs["obs_keys"] == ["image", "proprio", "state"]
     assert attrs["action_size"] == 24 and attrs["proprio_size"] == 48 and attrs["state_size"] == 45
     assert attrs["physics_size"] > 0 and attrs["has_proprio"] is True
+    assert attrs["camera_view"]["free"]["azimuth"] == -110.0
+    assert env_attrs("walker")["camera_view"] == {"model_camera": "side"}
+    import json
+
+    json.dumps(attrs, allow_nan=False)  # stored as dataset attributes
 
 
 def test_registry_mirrors_the_dclaw_module_spec():
