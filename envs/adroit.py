@@ -58,7 +58,7 @@ class AdroitPenTask(Task):
 
     def reset(self, rng: np.random.Generator) -> None:
         env = self._env
-        env._np_random = rng  # the upstream goal draw, overwritten just below
+        env.np_random = rng  # drives the upstream goal draw, overwritten just below
         mujoco.mj_resetData(self.model, self.data)
         env.reset_model()
         self.model.body_quat[env.target_obj_body_id] = self._goal_quat
