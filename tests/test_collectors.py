@@ -33,7 +33,14 @@ def invoke(*args):
 
 @pytest.fixture(scope="module")
 def walker_home(tmp_path_factory):
-    """One smoke `collect walker --split all`, shared by the tests that read its stores."""
+    """One smoke `collect walker --split all`, shared by the tests that read its stores.
+
+    One torch thread, as in the subprocesses of the kill test, whose result must equal this
+    run bit for bit (floating-point reductions may differ between thread counts)."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
     home = tmp_path_factory.mktemp("home")
     mp = pytest.MonkeyPatch()
     mp.setenv("LOMPO_BENCH_HOME", str(home))
@@ -41,6 +48,7 @@ def walker_home(tmp_path_factory):
     assert result.exit_code == 0, result.output
     yield home
     mp.undo()
+    torch.set_num_threads(threads)
 
 
 def store(env, split):
@@ -120,11 +128,8 @@ def _cmd(split):
     return [sys.executable, "-m", "lompo_bench.cli", "collect", "walker", "--split", split, "--profile", "smoke"]
 
 
-def test_sigkill_mid_training_then_rerun_equals_an_uninterrupted_run(tmp_path):
-    base = {**os.environ, "OMP_NUM_THREADS": "1"}
-    clean_env, killed_env = ({**base, "LOMPO_BENCH_HOME": str(tmp_path / n)} for n in ("clean", "killed"))
-    subprocess.run(_cmd("medium-expert"), env=clean_env, check=True, capture_output=True, timeout=600)
-
+def test_sigkill_mid_training_then_rerun_equals_an_uninterrupted_run(walker_home, tmp_path):
+    killed_env = {**os.environ, "OMP_NUM_THREADS": "1", "LOMPO_BENCH_HOME": str(tmp_path / "killed")}
     run = tmp_path / "killed" / "runs" / "sac" / "smoke" / "walker" / "seed0"
     proc = subprocess.Popen(_cmd("medium-expert"), env=killed_env, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)
@@ -137,11 +142,12 @@ def test_sigkill_mid_training_then_rerun_equals_an_uninterrupted_run(tmp_path):
     resumed = subprocess.run(_cmd("medium-expert"), env=killed_env, capture_output=True, text=True, timeout=600)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
 
-    clean, killed = (tmp_path / n / "datasets" / "smoke" / "walker" / "medium-expert.zarr" for n in ("clean", "killed"))
+    killed = tmp_path / "killed" / "datasets" / "smoke" / "walker" / "medium-expert.zarr"
     assert verify(killed) == []
-    assert Dataset.open(clean).checksum == Dataset.open(killed).checksum  # identical arrays: a bit-exact resume
-    ra, rb = (json.loads((tmp_path / n / "runs" / "sac" / "smoke" / "walker" / "seed0" / "result.json").read_text())
-              for n in ("clean", "killed"))
+    # identical arrays to the uninterrupted run of the module fixture: a bit-exact resume
+    assert Dataset.open(store("walker", "medium-expert")).checksum == Dataset.open(killed).checksum
+    ra = json.loads((sac.run_dir("walker", 0, "smoke") / "result.json").read_text())
+    rb = json.loads((run / "result.json").read_text())
     assert ra["curve"] == rb["curve"] and ra["expert_return"] == rb["expert_return"]
 
 
