@@ -83,6 +83,9 @@ def d3rlpy_available() -> str | None:
 
 
 def bench_bc(args) -> list[dict]:
+    """Our BC and d3rlpy's timed in interleaved rounds (A, B, A, B, ...), each reported as the
+    median over rounds: on a shared machine the load drifts, and interleaving gives both
+    sides the same share of it."""
     from lompo_bench.algorithms.base import DataSpec
     from lompo_bench.algorithms.bc import BC, BCConfig, to_tensors
 
@@ -92,42 +95,60 @@ def bench_bc(args) -> list[dict]:
     actions = rng.uniform(-1, 1, (batch, ACTION_DIM)).astype(np.float32)
     spec = DataSpec(env="walker", image_shape=(size, size, 3), proprio_dim=0, action_dim=ACTION_DIM,
                     horizon=500, action_repeat=2)
-    rows = []
+    contenders, params = {}, {}
 
-    for pad in (0, 4):
+    def ours_with_pad(pad):
         config = BCConfig(batch_size=batch, actor_hidden=256, actor_layers=1, augment_pad=pad)
         ours = BC(config, spec, device=device, seed=0)
 
-        def update_ours():
+        def update():
             obs = to_tensors({"image": images}, device)
             ours.update(obs, torch.as_tensor(actions).to(device))
 
-        ups = time_updates(update_ours, args.iters, args.warmup, device)
-        rows.append({"algorithm": "bc", "impl": "lompo-bench" + (f" (random shift {pad} px)" if pad else ""),
-                     "updates_per_s": ups, "params": sum(p.numel() for p in ours.params)})
+        return update, sum(p.numel() for p in ours.params), config
+
+    for pad in (0, 4):
+        name = "lompo-bench" + (f" (random shift {pad} px)" if pad else "")
+        contenders[name], params[name], config = ours_with_pad(pad)
 
     missing = d3rlpy_available()
+    if not missing:
+        import d3rlpy
+        from d3rlpy.dataset import TransitionMiniBatch
+
+        d3_config = d3rlpy.algos.BCConfig(
+            batch_size=batch, learning_rate=config.lr, policy_type="stochastic",
+            observation_scaler=d3rlpy.preprocessing.PixelObservationScaler(),
+            encoder_factory=d3rlpy.models.PixelEncoderFactory(filters=conv_filters(size), feature_size=256))
+        theirs = d3_config.create(device=device if device != "cuda" else "cuda:0")
+        theirs.create_impl((3, size, size), ACTION_DIM)
+        obs_f32 = images.transpose(0, 3, 1, 2).astype(np.float32)
+        column = np.zeros((batch, 1), np.float32)
+        minibatch = TransitionMiniBatch(observations=obs_f32, actions=actions, rewards=column,
+                                        next_observations=obs_f32, next_actions=actions, terminals=column,
+                                        intervals=np.ones((batch, 1), np.float32), transitions=[])
+        name = f"d3rlpy {d3rlpy.__version__}"
+        contenders[name] = lambda: theirs.update(minibatch)
+        params[name] = sum(p.numel() for p in theirs.impl.modules.imitator.parameters())
+
+    rates = race(contenders, rounds=args.rounds, iters=args.iters, warmup=args.warmup, device=device)
+    rows = [{"algorithm": "bc", "impl": name, "updates_per_s": float(np.median(r)), "best_updates_per_s": max(r),
+             "rounds": r, "params": params[name]} for name, r in rates.items()]
     if missing:
         rows.append({"algorithm": "bc", "impl": "d3rlpy", "updates_per_s": None, "note": missing})
-        return rows
-    import d3rlpy
-    from d3rlpy.dataset import TransitionMiniBatch
-
-    d3_config = d3rlpy.algos.BCConfig(
-        batch_size=batch, learning_rate=config.lr, policy_type="stochastic",
-        observation_scaler=d3rlpy.preprocessing.PixelObservationScaler(),
-        encoder_factory=d3rlpy.models.PixelEncoderFactory(filters=conv_filters(size), feature_size=256))
-    theirs = d3_config.create(device=device if device != "cuda" else "cuda:0")
-    theirs.create_impl((3, size, size), ACTION_DIM)
-    obs_f32 = images.transpose(0, 3, 1, 2).astype(np.float32)
-    column = np.zeros((batch, 1), np.float32)
-    minibatch = TransitionMiniBatch(observations=obs_f32, actions=actions, rewards=column,
-                                    next_observations=obs_f32, next_actions=actions, terminals=column,
-                                    intervals=np.ones((batch, 1), np.float32), transitions=[])
-    ups = time_updates(lambda: theirs.update(minibatch), args.iters, args.warmup, device)
-    params = sum(p.numel() for p in theirs.impl.modules.imitator.parameters())
-    rows.append({"algorithm": "bc", "impl": f"d3rlpy {d3rlpy.__version__}", "updates_per_s": ups, "params": params})
     return rows
+
+
+def race(contenders: dict, *, rounds: int, iters: int, warmup: int, device: str) -> dict[str, list[float]]:
+    """Updates/s of each closure per round, the contenders taking turns within every round."""
+    for update in contenders.values():
+        for _ in range(warmup):
+            update()
+    rates: dict[str, list[float]] = {name: [] for name in contenders}
+    for _ in range(rounds):
+        for name, update in contenders.items():
+            rates[name].append(time_updates(update, iters, 0, device))
+    return rates
 
 
 # --------------------------------------------------------------------------------------------
@@ -218,6 +239,8 @@ def main(argv=None) -> None:
     parser.add_argument("--image-size", type=int, default=64)
     parser.add_argument("--iters", type=int, default=20)
     parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--rounds", type=int, default=5,
+                        help="Interleaved timing rounds of --iters updates each (BC; the median is reported).")
     parser.add_argument("--cql-batch", type=int, default=None,
                         help="Batch of the CQL rows (default: 32 on CPU, where d3rlpy's CQL is very slow; --batch on CUDA).")
     parser.add_argument("--only", choices=sorted(BENCHES), action="append", help="Run only these benches.")

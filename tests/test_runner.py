@@ -109,7 +109,7 @@ def test_normalized_score_settings_and_steps_reach_the_run(tmp_path):
 
 
 @pytest.mark.parametrize("algo,env", [
-    pytest.param(algo, env, marks=() if env == "walker" and algo in ("lompo", "lmbrl") else pytest.mark.slow)
+    pytest.param(algo, env, marks=() if env == "walker" else pytest.mark.slow)
     for env in envs.ENV_NAMES for algo in ("lompo", "lmbrl", "slac", "cql", "bc")
 ])
 def test_smoke_run_of_each_algorithm_on_each_env(algo, env, smoke_dataset, tmp_path):
