@@ -20,7 +20,7 @@ from .errors import UserError
 @click.option("--data", type=click.Path(), default=None,
               help="Dataset store to train on (default: $LOMPO_BENCH_HOME/datasets/[<profile>/]<env>/<split>.zarr).")
 @click.option("--steps", type=int, default=None,
-              help="Training steps in all; the algorithm's phases are scaled proportionally.")
+              help="Gradient steps in all; the algorithm's phases are scaled proportionally.")
 @click.option("--set", "settings", multiple=True, metavar="KEY=VALUE",
               help="Override a config field (repeatable); `lompo-bench algos list` shows the keys.")
 @click.option("--out", type=click.Path(), default=None,

@@ -22,6 +22,8 @@ overwritten silently (`overwrite=True` redoes it).
 `--steps N` sets the run's length: the algorithm's step fields (`Algorithm.step_fields`, or
 failing that its config's `steps` / `*_steps` integer fields) are scaled proportionally so
 they add up to N, keeping the ratio between phases (e.g. LOMPO's model and agent phases).
+N counts gradient-step iterations; an algorithm may add a few iterations of its own on top
+(LOMPO's buffer fills), so the run's `train_steps` can exceed N slightly.
 """
 
 from __future__ import annotations
@@ -418,6 +420,7 @@ def run(algo: str, env: str, split: str | None = None, *, seed: int = 0, profile
     config = apply_overrides(config, overrides, algo)
     if steps is not None:
         config = scale_steps(cls, config, int(steps))
+        scaled = {n: getattr(config, n) for n in step_field_names(cls, config)}
     device = resolve_device(device)
     eval_episodes = int(eval_episodes or EVAL_EPISODES[profile])
     if eval_episodes < 1:
@@ -510,6 +513,9 @@ def run(algo: str, env: str, split: str | None = None, *, seed: int = 0, profile
         f"evaluation every {eval_every} steps with {eval_episodes} episodes -> {run_dir}")
     if profile != "paper":
         say(PROFILE_NOTES[profile])
+    if steps is not None:
+        say(f"--steps {steps}: " + ", ".join(f"{k}={v}" for k, v in scaled.items())
+            + (f" ({total} iterations in all)" if total != steps else ""))
     log_every = max(1, min(100, total // 200))
     sums: dict[str, float] = {}
     count = 0
