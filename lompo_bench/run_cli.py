@@ -92,6 +92,7 @@ def list_algos(profile, env):
     """Each algorithm with its config fields and defaults (the paper's), and with --profile and
     --env the values that profile uses."""
     from rich.console import Console
+    from rich.markup import escape
     from rich.table import Table
 
     from . import registry
@@ -114,15 +115,16 @@ def list_algos(profile, env):
         table.add_column("default (paper)")
         if scaled is not None:
             table.add_column(f"{profile} / {env}")
-        from .runner import config_types
+        from .runner import config_types, type_name
 
         types_ = config_types(defaults)
         for f in dataclasses.fields(defaults):
             tp = types_[f.name]
-            cells = [f.name, getattr(tp, "__name__", None) or str(tp).replace("typing.", ""), repr(getattr(defaults, f.name))]
+            cells = [escape(c) for c in (f.name, type_name(tp), repr(getattr(defaults, f.name)))]
             if scaled is not None:
                 value = getattr(scaled, f.name)
-                cells.append(repr(value) if value == getattr(defaults, f.name) else f"[cyan]{value!r}[/cyan]")
+                shown = escape(repr(value))
+                cells.append(shown if value == getattr(defaults, f.name) else f"[cyan]{shown}[/cyan]")
             table.add_row(*cells)
         console.print(table)
         console.print()

@@ -118,8 +118,11 @@ def default_run_dir(algo: str, profile: str, env: str, split: str, seed: int) ->
 # Config: --set overrides and --steps
 
 
-def _type_name(tp) -> str:
-    return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
+def type_name(tp) -> str:
+    """`float`, `Optional[float]`, `Literal['a', 'b']`: a config field's type as users read it."""
+    if typing.get_origin(tp) is None and hasattr(tp, "__name__"):
+        return tp.__name__
+    return str(tp).replace("typing.", "")
 
 
 def parse_value(text: str, tp, key: str):
@@ -134,7 +137,7 @@ def parse_value(text: str, tp, key: str):
                 return parse_value(text, arg, key)
             except UserError as exc:
                 errors.append(str(exc))
-        raise UserError(f"bad value for {key}: {text!r}; accepted: {' or '.join(_type_name(a) for a in args)}")
+        raise UserError(f"bad value for {key}: {text!r}; accepted: {' or '.join(type_name(a) for a in args)}")
     if origin is typing.Literal:
         for arg in args:
             if str(arg) == text:
@@ -170,7 +173,7 @@ def parse_value(text: str, tp, key: str):
             raise UserError(f"bad value for {key}: {text!r}; accepted: a number") from None
     if tp is str:
         return text
-    raise UserError(f"setting {key} (type {_type_name(tp)}) cannot be set from the command line")
+    raise UserError(f"setting {key} (type {type_name(tp)}) cannot be set from the command line")
 
 
 def config_types(config) -> dict:
