@@ -19,21 +19,18 @@ def random_shift(images: torch.Tensor, pad: int = 4, *, channels_last: bool = Tr
 
     images: (B, ..., H, W, C) if `channels_last` else (B, ..., C, H, W). One offset is drawn
     per batch element and applied to all its middle dimensions, so a sequence (B, L, ...)
-    moves as one. `pad=0` returns the input unchanged."""
+    moves as one. The output keeps the input's layout (channels-last frames stay
+    channels-last, which the CPU convolutions prefer). `pad=0` returns the input unchanged."""
     if pad <= 0:
         return images
-    if channels_last:
-        return random_shift(images.movedim(-1, -3), pad, channels_last=False, generator=generator).movedim(-3, -1)
-    b, h, w = images.shape[0], images.shape[-2], images.shape[-1]
+    h_dim, w_dim = (-3, -2) if channels_last else (-2, -1)
+    b, h, w = images.shape[0], images.shape[h_dim], images.shape[w_dim]
     device = images.device
     offsets = torch.randint(-pad, pad + 1, (b, 2), generator=generator,
                             device=generator.device if generator is not None else "cpu").to(device)
     rows = (torch.arange(h, device=device)[None, :] + offsets[:, :1]).clamp_(0, h - 1)  # (B, H)
     cols = (torch.arange(w, device=device)[None, :] + offsets[:, 1:]).clamp_(0, w - 1)  # (B, W)
-    flat = images.reshape(b, -1, h, w)  # (B, M, H, W), M = everything between batch and space
-    m = flat.shape[1]
-    row_index = rows[:, None, :, None].expand(b, m, h, w)
-    shifted = torch.gather(flat, 2, row_index)
-    col_index = cols[:, None, None, :].expand(b, m, h, w)
-    shifted = torch.gather(shifted, 3, col_index)
-    return shifted.reshape(images.shape)
+    row_shape, col_shape = [b] + [1] * (images.dim() - 1), [b] + [1] * (images.dim() - 1)
+    row_shape[h_dim], col_shape[w_dim] = h, w
+    shifted = images.gather(h_dim, rows.view(row_shape).expand(images.shape))
+    return shifted.gather(w_dim, cols.view(col_shape).expand(images.shape))

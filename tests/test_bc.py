@@ -122,6 +122,8 @@ def test_random_shift_moves_each_image_within_pad_and_keeps_content():
                    if all(torch.equal(shifted[b, t, ..., 0], translate(images[b, t, ..., 0], dy, dx)) for t in range(2))]
         assert len(matches) == 1
     assert torch.equal(random_shift(images, 0), images)
+    first = random_shift(images.movedim(-1, -3), 2, channels_last=False, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(first.movedim(-3, -1), shifted)  # both layouts, same shift
     uint8 = torch.randint(0, 255, (4, 16, 16, 3), dtype=torch.uint8)
     assert random_shift(uint8, 4).dtype == torch.uint8
 
