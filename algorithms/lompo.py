@@ -118,7 +118,7 @@ class LOMPOConfig:
 
 PROFILE_SCALING = {
     # cpu: about an hour on 2 cores including evaluation (benchmarks/bench_lompo.py measures it).
-    "cpu": dict(model_steps=2_500, model_batch=16, model_length=32, depth=16, deter=128, stoch=32, hidden=128,
+    "cpu": dict(model_steps=2_000, model_batch=16, model_length=32, depth=16, deter=128, stoch=32, hidden=128,
                 reward_hidden=128, real_init_transitions=10_000, latent_init_transitions=10_000,
                 rollout_starts=512, real_buffer_size=50_000, latent_buffer_size=50_000, agent_steps=20_000,
                 agent_batch=128),

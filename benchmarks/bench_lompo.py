@@ -12,7 +12,7 @@ and the cpu profile's walker size), or `--store PATH`. Timings on a shared machi
 it alone for figures you quote.
 
     python benchmarks/bench_lompo.py [--device cpu|cuda] [--profiles cpu,paper] [--model-steps 4]
-        [--agent-steps 200] [--store PATH]
+        [--agent-steps 200] [--threads 1] [--store PATH]
 Writes bench-output/bench_lompo.json.
 """
 
@@ -136,11 +136,13 @@ def main(argv=None) -> int:
     parser.add_argument("--profiles", default="cpu,paper")
     parser.add_argument("--model-steps", type=int, default=None, help="measured model steps (default: cpu 8, paper 2)")
     parser.add_argument("--agent-steps", type=int, default=None, help="measured SAC steps (default: cpu 300, paper 100)")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch CPU threads (default 1: on a shared, oversubscribed machine 2 threads spin-wait "
+                             "and run up to 10x slower; on an idle 2-core machine use 2)")
     parser.add_argument("--store", default=None, help="a walker dataset store (default: write a random one)")
     parser.add_argument("--out", default=str(ROOT / "bench-output" / "bench_lompo.json"))
     args = parser.parse_args(argv)
-    if args.device == "cpu":
-        torch.set_num_threads(min(2, os.cpu_count() or 1))
+    torch.set_num_threads(max(1, args.threads))
     from lompo_bench.store import Dataset
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -157,6 +159,7 @@ def main(argv=None) -> int:
                 model_steps, agent_steps = max(model_steps, 20), max(agent_steps, 1000)
             print(f"{profile}: {model_steps} model steps, {agent_steps} agent steps on {args.device} ...", file=sys.stderr)
             results.append(bench_profile(profile, dataset, args.device, model_steps, agent_steps))
+            print(f"  {json.dumps(results[-1])}", file=sys.stderr, flush=True)
 
     print(f"\nLOMPO train_step on {args.device} ({torch.get_num_threads()} threads), walker 64 px")
     header = ("profile", "batch", "model step", "frames/s", "data wait", "real fill", "latent fill", "agent steps/s",
