@@ -240,6 +240,10 @@ class LOMPO(Algorithm):
         self._keys = ["image", "action", "reward", "is_first", "is_terminal"] + (["proprio"] if spec.proprio_dim else [])
         self.phase_ends = np.cumsum(phase_lengths(c))  # train_step index where each phase ends
         self._autocast = str(device).startswith("cuda")
+        # Window batches are sampled ahead on ONE background thread (a Dataset is not shared
+        # between threads; the store parallelises its own chunk decoding). On a GPU the model step
+        # is short and a paper dataset outgrows the store's chunk cache, so it queues more ahead.
+        self.prefetch_depth = 3 if self._autocast else 1
         self._prefetcher = None
         self._pending = {}  # (dataset id, step, stream) -> Future of a window batch
 
@@ -264,17 +268,28 @@ class LOMPO(Algorithm):
             out[k] = (t.pin_memory() if pin else t).to(self.device, non_blocking=True)
         return out
 
-    def _windows(self, dataset, step: int, stream: int = 0, prefetch_next: bool = False) -> dict[str, torch.Tensor]:
+    def _windows(self, dataset, step: int, stream: int = 0, prefetch_until: int = 0) -> dict[str, torch.Tensor]:
+        """The window batch of (step, stream), then queue steps step+1 .. min(step+depth, prefetch_until - 1)
+        of the same stream on the prefetch threads (depth: `prefetch_depth`)."""
         key = (id(dataset), step, stream)
         future = self._pending.pop(key, None)
         batch = future.result() if future is not None else self._load_windows(dataset, step, stream)
-        self._pending.clear()  # anything else pending belongs to another dataset/step: drop it
-        if prefetch_next:
+        for stale in [k for k in self._pending if k[0] != id(dataset) or k[2] != stream or k[1] < step]:
+            self._pending.pop(stale).cancel()
+        ahead = range(step + 1, min(step + 1 + self.prefetch_depth, prefetch_until))
+        if len(ahead):
             if self._prefetcher is None:
                 self._prefetcher = ThreadPoolExecutor(max_workers=1, thread_name_prefix="lompo-windows")
-            self._pending[(id(dataset), step + 1, stream)] = self._prefetcher.submit(
-                self._load_windows, dataset, step + 1, stream)
+            for s in ahead:
+                if (id(dataset), s, stream) not in self._pending:
+                    self._pending[(id(dataset), s, stream)] = self._prefetcher.submit(self._load_windows, dataset, s, stream)
         return batch
+
+    def _drain(self) -> None:
+        """Wait for queued window batches (before anything else reads the dataset on this thread)."""
+        for future in self._pending.values():
+            future.cancel() or future.exception()
+        self._pending.clear()
 
     @torch.no_grad()
     def _posterior_windows(self, batch) -> tuple[LatentState, torch.Tensor]:
@@ -318,7 +333,7 @@ class LOMPO(Algorithm):
         c = self.config
         model_end, real_end, latent_end, _ = (int(x) for x in self.phase_ends)
         if step < model_end:
-            metrics = self._model_step(dataset, step, prefetch_next=step + 1 < model_end)
+            metrics = self._model_step(dataset, step, prefetch_until=model_end)
         elif step < real_end:
             self._add_real(self._windows(dataset, step, stream=1))
             metrics = {"real_buffer": torch.tensor(float(self.real_buffer.size))}
@@ -339,11 +354,11 @@ class LOMPO(Algorithm):
         values = torch.stack([torch.as_tensor(metrics[k], dtype=torch.float32).to(self.device) for k in names]).tolist()
         return dict(zip(names, values))
 
-    def _model_step(self, dataset, step: int, prefetch_next: bool) -> dict:
+    def _model_step(self, dataset, step: int, prefetch_until: int) -> dict:
         import time
 
         t0 = time.perf_counter()
-        batch = self._windows(dataset, step, stream=0, prefetch_next=prefetch_next)
+        batch = self._windows(dataset, step, stream=0, prefetch_until=prefetch_until)
         wait = time.perf_counter() - t0
         self.model.train()
         with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self._autocast):
@@ -391,7 +406,7 @@ class LOMPO(Algorithm):
         torch.set_rng_state(state["torch_rng"].cpu())
         if "cuda_rng" in state and str(self.device).startswith("cuda"):
             torch.cuda.set_rng_state(state["cuda_rng"].cpu(), torch.device(self.device))
-        self._pending.clear()
+        self._drain()
 
     def sample_figures(self, dataset, out_dir) -> list:
         """`model_samples.png` (paper Appendix E): for a few real windows, rows of observed frames,
@@ -399,6 +414,7 @@ class LOMPO(Algorithm):
         imagine the rest from the real actions through random forward heads."""
         from PIL import Image, ImageDraw
 
+        self._drain()  # the dataset is read here; no prefetch thread may read it concurrently
         out_dir = Path(out_dir)
         out_dir.mkdir(parents=True, exist_ok=True)
         sequences, length, context = 3, min(self.config.model_length, 30), 5

@@ -160,3 +160,14 @@ def test_sample_figures_write_observed_reconstructed_predicted_png(walker_store,
     assert (left < 128).any()  # row labels are drawn
     window = walker_store.sample_windows(3, frames, np.random.default_rng([0, 7_777]), keys=["image"])["image"]
     assert np.array_equal(frames_part[: 2 * 32: 2, : 2 * 32: 2], window[0, 0])  # first row: the observed frames
+
+
+def test_prefetching_does_not_change_what_the_model_sees(walker_store):
+    runs = []
+    for depth in (0, 3):
+        torch.manual_seed(0)
+        agent = smoke_agent(walker_store)
+        agent.prefetch_depth = depth
+        rows = [agent.train_step(walker_store, step) for step in range(agent.config.model_steps)]
+        runs.append([{k: v for k, v in row.items() if k != "data_wait_s"} for row in rows])
+    assert runs[0] == runs[1]
