@@ -336,7 +336,9 @@ def tensorboard_writer(run_dir: Path):
     return SummaryWriter(str(run_dir / "tb"))
 
 
-def plot_learning_curve(evals: list[dict], path: Path, title: str) -> Path | None:
+def plot_learning_curve(evals: list[dict], path: Path, title: str, references=(None, None)) -> Path | None:
+    """Evaluation return against training step, with the dataset's random and expert
+    reference returns (the 0 and 100 of the normalized score) as dashed lines where known."""
     if not evals:
         return None
     import matplotlib
@@ -350,6 +352,9 @@ def plot_learning_curve(evals: list[dict], path: Path, title: str) -> Path | Non
     fig, ax = plt.subplots(figsize=(6, 4), dpi=100)
     ax.plot(steps, mean, marker="o", label="mean return")
     ax.fill_between(steps, mean - std, mean + std, alpha=0.25, label="± std over episodes")
+    for value, label, color in zip(references, ("random (score 0)", "expert (score 100)"), ("tab:red", "tab:green")):
+        if value is not None:
+            ax.axhline(value, linestyle="--", color=color, linewidth=1, label=label)
     ax.set_xlabel("training step")
     ax.set_ylabel("evaluation return")
     ax.set_title(title)
@@ -599,7 +604,8 @@ def run(algo: str, env: str, split: str | None = None, *, seed: int = 0, profile
 
     final = evals[-1]
     figures = []
-    curve = plot_learning_curve(evals, run_dir / "learning_curve.png", f"{algo} on {env}/{split} ({profile}, seed {seed})")
+    curve = plot_learning_curve(evals, run_dir / "learning_curve.png", f"{algo} on {env}/{split} ({profile}, seed {seed})",
+                                (random_return, expert_return))
     if curve is not None:
         figures.append(curve.name)
     try:
@@ -611,7 +617,7 @@ def run(algo: str, env: str, split: str | None = None, *, seed: int = 0, profile
         "algorithm": algo, "env": env, "split": split, "seed": seed, "profile": profile,
         "raw_return": final["mean_return"], "return_std": final["std_return"],
         "normalized_score": finite_or_none(final["normalized_score"]), "success_rate": final["success_rate"],
-        "eval_episodes": eval_episodes, "eval_returns": final["returns"],
+        "eval_episodes": eval_episodes, "eval_returns": final["returns"], "eval_seed": eval_seed,
         "gradient_steps": int(agent.gradient_steps()), "train_steps": total, "wall_time_s": round(wall(), 2),
         "dataset_path": str(dataset_path), "dataset_id": f"{env}/{split}@{profile if data is None else dataset_path}",
         "dataset_checksum": dataset.checksum, "random_return": random_return, "expert_return": expert_return,
