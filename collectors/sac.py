@@ -432,6 +432,8 @@ def train(env: str, seed: int = 0, profile: str = "paper", *, progress: bool = T
 
         bar = tqdm(total=budget.sac_steps, initial=model.num_timesteps, unit="step", desc=f"SAC {env}",
                    dynamic_ncols=True, smoothing=0.05)
+        if state["curve"]:
+            bar.set_postfix(eval_return=f"{state['curve'][-1]['mean_return']:.1f}", refresh=False)
 
     def do_eval():
         res = evaluate_policy(model, eval_env, budget.eval_episodes)
