@@ -12,6 +12,10 @@ tanh-squashed); the tanh density is infinite there, so actions are clipped to
 pixels (DrQ), which regularises the encoder on small datasets; 0 turns it off. Evaluation
 acts with the mode, tanh(mean).
 
+Batch number `step` is sampled with a generator seeded by (seed, step), so it is the same
+whether it was prefetched (a background thread samples the next batch from the store while
+the current update runs) or loaded after a resume.
+
 The paper gives no BC hyperparameters; the defaults are the common ones for pixel BC
 (batch 256, Adam 3e-4, 100k steps) with the paper's encoder (Appendix C) and the authors'
 4 x 256 actor. `config_for` scales them down for the `cpu` and `smoke` profiles.
@@ -20,6 +24,7 @@ The paper gives no BC hyperparameters; the defaults are the common ones for pixe
 from __future__ import annotations
 
 import dataclasses
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
@@ -102,9 +107,10 @@ class BC(Algorithm):
                                            config.actor_layers).to(device)
         self.params = list(self.encoder.parameters()) + list(self.actor.parameters())
         self.optim = torch.optim.Adam(self.params, lr=config.lr, weight_decay=config.weight_decay)
-        self.rng = np.random.default_rng(seed)  # which transitions each batch samples
         self.augment_gen = torch.Generator(device="cpu").manual_seed(seed)
         self._gradient_steps = 0
+        self._prefetcher: ThreadPoolExecutor | None = None
+        self._pending = None  # ((dataset id, step), Future) of the next batch, sampled on a thread
 
     def total_steps(self) -> int:
         return self.config.steps
@@ -127,11 +133,41 @@ class BC(Algorithm):
             action_mse = (self.actor.mode(features.detach()) - target).pow(2).mean()
         return {"bc_loss": loss.detach(), "action_mse": action_mse, "grad_norm": grad_norm.detach()}
 
+    def _load_batch(self, dataset, step: int) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+        """Transition batch number `step`, on the host: a pure function of (seed, step), so
+        prefetching it early or resuming from a checkpoint cannot change what a run sees."""
+        batch = dataset.sample_transitions(self.config.batch_size, np.random.default_rng([self.seed, step]))
+        pin = str(self.device).startswith("cuda")  # page-locked memory: the copy to the GPU runs asynchronously
+        obs = {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in batch["obs"].items()}
+        action = torch.from_numpy(np.ascontiguousarray(batch["action"], dtype=np.float32))
+        if pin:
+            obs, action = {k: v.pin_memory() for k, v in obs.items()}, action.pin_memory()
+        return obs, action
+
+    def _batch(self, dataset, step: int):
+        """Batch `step` (prefetched during the previous update where possible); queues step + 1."""
+        pending, self._pending = self._pending, None
+        if pending is not None and pending[0] == (id(dataset), step):
+            batch = pending[1].result()
+        else:
+            self._drain(pending)
+            batch = self._load_batch(dataset, step)
+        if step + 1 < self.total_steps():
+            if self._prefetcher is None:
+                self._prefetcher = ThreadPoolExecutor(max_workers=1, thread_name_prefix="bc-batches")
+            self._pending = ((id(dataset), step + 1), self._prefetcher.submit(self._load_batch, dataset, step + 1))
+        return batch
+
+    @staticmethod
+    def _drain(pending) -> None:
+        """Cancel or wait out a queued batch (the store is read by one thread at a time)."""
+        if pending is not None:
+            pending[1].cancel() or pending[1].exception()
+
     def train_step(self, dataset, step: int) -> dict[str, float]:
-        batch = dataset.sample_transitions(self.config.batch_size, self.rng)
-        obs = to_tensors(batch["obs"], self.device)
-        action = torch.as_tensor(batch["action"], dtype=torch.float32).to(self.device, non_blocking=True)
-        return {k: float(v) for k, v in self.update(obs, action).items()}
+        obs, action = self._batch(dataset, step)
+        obs = {k: v.to(self.device, non_blocking=True) for k, v in obs.items()}
+        return {k: float(v) for k, v in self.update(obs, action.to(self.device, non_blocking=True)).items()}
 
     @torch.no_grad()
     def action_error(self, obs: dict[str, np.ndarray], action: np.ndarray) -> float:
@@ -144,13 +180,15 @@ class BC(Algorithm):
 
     def state_dict(self) -> dict:
         return {"encoder": self.encoder.state_dict(), "actor": self.actor.state_dict(),
-                "optim": self.optim.state_dict(), "rng": self.rng.bit_generator.state,
+                "optim": self.optim.state_dict(), "seed": self.seed,  # the seed names the batch stream
                 "augment_gen": self.augment_gen.get_state(), "gradient_steps": self._gradient_steps}
 
     def load_state_dict(self, state: dict) -> None:
         self.encoder.load_state_dict(state["encoder"])
         self.actor.load_state_dict(state["actor"])
         self.optim.load_state_dict(state["optim"])
-        self.rng.bit_generator.state = state["rng"]
+        self._drain(self._pending)
+        self._pending = None
+        self.seed = int(state["seed"])
         self.augment_gen.set_state(state["augment_gen"])
         self._gradient_steps = int(state["gradient_steps"])
