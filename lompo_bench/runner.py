@@ -374,6 +374,16 @@ def format_duration(seconds: float) -> str:
     return f"{seconds / 3600:.1f} h"
 
 
+def first_difference(saved: dict, wanted: dict, prefix: str = ""):
+    """(dotted key, saved value, wanted value) of the first key of `wanted` that differs, or None."""
+    for key, value in wanted.items():
+        if saved.get(key) != value:
+            if isinstance(value, dict) and isinstance(saved.get(key), dict):
+                return first_difference(saved[key], value, f"{prefix}{key}.")
+            return f"{prefix}{key}", saved.get(key), value
+    return None
+
+
 def prepare_run_dir(run_dir: Path, identity: dict, overwrite: bool) -> bool:
     """Check the run directory; returns True when a checkpoint of this same run is there to resume."""
     if run_dir.exists() and any(run_dir.iterdir()):
@@ -385,11 +395,11 @@ def prepare_run_dir(run_dir: Path, identity: dict, overwrite: bool) -> bool:
             raise UserError(f"run already finished: {run_dir / 'result.json'}; pass --overwrite to redo it, or --out for a new run dir")
         else:
             saved = json.loads((run_dir / "config.json").read_text())
-            diff = [k for k in identity if saved.get(k) != identity[k]]
+            diff = first_difference(saved, identity)
             if diff:
-                k = diff[0]
-                raise UserError(f"{run_dir} holds a different run ({k}: {json.dumps(saved.get(k))[:80]} vs "
-                                f"{json.dumps(identity[k])[:80]}); pass --overwrite to replace it, or --out for a new run dir")
+                key, old, new = diff
+                raise UserError(f"{run_dir} holds a different run ({key}: {json.dumps(old)[:60]} there, "
+                                f"{json.dumps(new)[:60]} now); pass --overwrite to replace it, or --out for a new run dir")
             return (run_dir / "checkpoint.pt").exists()
     return False
 

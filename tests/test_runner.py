@@ -254,7 +254,7 @@ def test_sigterm_checkpoints_and_stops_then_the_same_command_resumes(smoke_datas
 
     # Same run dir, different settings: refused, not mixed.
     other = invoke("run", "bc", *SMOKE, "--steps", str(steps), "--out", str(out), "--set", "lr=0.1")
-    assert_one_line_error(other, "holds a different run", "--overwrite")
+    assert_one_line_error(other, "holds a different run (config.lr: 0.0003 there, 0.1 now)", "--overwrite")
     resumed = run("bc", "walker", "random", profile="smoke", steps=steps, out=out, checkpoint_every=25, progress=False)
     res = json.loads((resumed / "result.json").read_text())
     assert res["gradient_steps"] == steps
