@@ -78,6 +78,7 @@ def collect_sac_split(env: str, split: str, *, profile: str = "paper", seed: int
     from lompo_bench.store import DEFAULT_CODEC, DatasetWriter
 
     check_env(env)
+    sac.check_seed(seed)
     if split not in SAC_SPLITS:
         raise UserError(f"unknown SAC split {split!r}; accepted: {', '.join(SAC_SPLITS)}")
     budget = get_budget(env, profile)

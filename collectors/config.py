@@ -50,7 +50,7 @@ class SACConfig:
     gradient_steps: int = 1
     net_arch: tuple[int, ...] = (256, 256)
     ent_coef: str = "auto"  # learned temperature, target entropy -dim(A)
-    buffer_size: int = 1_000_000  # capped at the run's number of steps (nothing is ever evicted)
+    buffer_size: int = 1_000_000  # SB3 replay buffer, capped at the run's steps (the replay log keeps everything)
 
 
 # What reaches expert level on each task, from state.

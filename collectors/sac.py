@@ -72,6 +72,12 @@ EVAL_SEED_BASE = 10_000  # evaluation episode j resets with seed EVAL_SEED_BASE 
 LOG_KEYS_ALWAYS = ("state", "physics", "action", "reward", "is_first", "is_last", "is_terminal", "episode", "step")
 
 
+def check_seed(seed) -> int:
+    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**31:
+        raise UserError(f"seed must be an integer from 0 to 2**31-1, got {seed!r}")
+    return seed
+
+
 def run_dir(env: str, seed: int, profile: str) -> Path:
     return paths.runs_dir() / "sac" / profile / env / f"seed{seed}"
 
@@ -388,6 +394,7 @@ def train(env: str, seed: int = 0, profile: str = "paper", *, progress: bool = T
     from stable_baselines3.common.vec_env import DummyVecEnv
 
     check_env(env)
+    check_seed(seed)
     done = load_result(env, seed, profile)
     if done is not None:
         return done

@@ -210,6 +210,7 @@ def test_collect_all_other_envs(env, tmp_path, monkeypatch):
     (["collect", "walker", "--split", "expert", "--profile", "smoke", "--episodes", "0"], "--episodes must be"),
     (["collect", "walker", "--split", "all", "--profile", "smoke", "--out", "x.zarr"], "--out is a folder"),
     (["collect", "walker", "--split", "expert", "--profile", "smoke", "--image-size", "8"], "image size 8"),
+    (["collect", "walker", "--split", "expert", "--profile", "smoke", "--seed", "-3"], "seed must be"),
 ])
 def test_bad_input_is_one_line(args, message, tmp_path, monkeypatch):
     monkeypatch.setenv("LOMPO_BENCH_HOME", str(tmp_path))
