@@ -26,7 +26,7 @@ test-slow: setup
 # tasks, collect walker's datasets with SAC, train LOMPO, publish the run, render Table I.
 # Everything goes under $(DEMO_DIR); the repository's leaderboard is not touched.
 demo: setup
-	mkdir -p $(DEMO_DIR)
+	rm -rf $(DEMO_DIR) && mkdir -p $(DEMO_DIR)
 	for env in walker dclaw-screw adroit-pen sawyer-door; do \
 		$(LB) envs show $$env --out $(DEMO_DIR)/$$env.png || exit 1; done
 	LOMPO_BENCH_HOME=$(DEMO_DIR)/home $(LB) collect walker --split all --profile smoke
