@@ -388,11 +388,9 @@ def train(env: str, seed: int = 0, profile: str = "paper", *, progress: bool = T
 
     ``stop_after``: stop (after a checkpoint) once this many agent steps are done; for
     tests and benchmarks. The run then stays resumable and no result is written.
+    A second process asking for the same unfinished run gets a one-line error (a lock on
+    the run folder) instead of training it twice.
     """
-    from stable_baselines3 import SAC
-    from stable_baselines3.common.callbacks import BaseCallback
-    from stable_baselines3.common.vec_env import DummyVecEnv
-
     check_env(env)
     check_seed(seed)
     done = load_result(env, seed, profile)
@@ -402,6 +400,21 @@ def train(env: str, seed: int = 0, profile: str = "paper", *, progress: bool = T
     cfg = effective_config(env, budget)
     folder = run_dir(env, seed, profile)
     folder.mkdir(parents=True, exist_ok=True)
+    lock = _lock(folder)  # the kernel drops it when the process dies, SIGKILL included
+    try:
+        return _train(env, seed, profile, budget, cfg, folder, progress, stop_after)
+    finally:
+        lock.close()
+
+
+def _train(env, seed, profile, budget, cfg, folder, progress, stop_after) -> dict:
+    from stable_baselines3 import SAC
+    from stable_baselines3.common.callbacks import BaseCallback
+    from stable_baselines3.common.vec_env import DummyVecEnv
+
+    done = load_result(env, seed, profile)  # another command finished it meanwhile: reuse it
+    if done is not None:
+        return done
     ckpt = latest_checkpoint(folder)
     log = ReplayLog(folder / "log", budget.log_chunk_rows)
     wrapper = RecordingStateEnv(make_env(env, budget), seed, log)
@@ -523,6 +536,20 @@ def train(env: str, seed: int = 0, profile: str = "paper", *, progress: bool = T
     _write_json(folder / "result.json", result)
     shutil.rmtree(folder / "checkpoints", ignore_errors=True)  # the replay buffer is no longer needed
     return result
+
+
+def _lock(folder: Path):
+    """An exclusive lock on the run folder, so two commands never train the same run at once."""
+    import fcntl
+
+    handle = open(folder / ".lock", "a+")
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.close()
+        raise UserError(f"another process is training the SAC run {folder}; wait for it to finish "
+                         f"(this command then reuses the run)") from None
+    return handle
 
 
 def _asdict(obj) -> dict:

@@ -239,3 +239,20 @@ def test_corrupt_checkpoint_is_one_line_and_kept(damage, tmp_path, monkeypatch):
     assert result.exit_code == 2 and "corrupt checkpoint" in result.output, result.output
     assert result.output.strip().count("\n") == 0
     assert (ckpts / "step_000000000100" / "model.zip").read_bytes() == b"not what it should be"
+
+
+def test_a_run_being_trained_is_not_trained_twice(tmp_path, monkeypatch):
+    monkeypatch.setenv("LOMPO_BENCH_HOME", str(tmp_path))
+    folder = sac.run_dir("walker", 0, "smoke")
+    folder.mkdir(parents=True)
+    holder = subprocess.Popen([sys.executable, "-c", "import fcntl, sys, time; f = open(sys.argv[1], 'a+'); "
+                               "fcntl.flock(f, fcntl.LOCK_EX); print('locked', flush=True); time.sleep(60)",
+                               str(folder / ".lock")], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        result = invoke("collect", "walker", "--split", "expert", "--profile", "smoke")
+        assert result.exit_code == 2 and "another process is training" in result.output, result.output
+        assert not (folder / "log").exists()
+    finally:
+        holder.kill()
+        holder.wait()
