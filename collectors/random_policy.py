@@ -59,7 +59,10 @@ def random_episode(sim, seed: int, index: int) -> dict[str, np.ndarray]:
         obs, reward, terminated, truncated, info = sim.step(action)
         done = terminated or truncated
         rows.append(_row(obs, info, action, reward, terminal=terminated, last=done))
-    return {k: np.stack([r[k] for r in rows]) for k in rows[0]}
+    # The reset row lacks step-only info keys (Sawyer's shaped_reward): it gets their zero.
+    keys = dict.fromkeys(k for r in rows for k in r)
+    zero = {k: np.zeros_like(next(r[k] for r in rows if k in r)) for k in keys}
+    return {k: np.stack([r.get(k, zero[k]) for r in rows]) for k in keys}
 
 
 def _row(obs, info, action, reward, *, first=False, terminal=False, last=False) -> dict:
@@ -69,7 +72,7 @@ def _row(obs, info, action, reward, *, first=False, terminal=False, last=False) 
     if "success" in info:
         row["success"] = bool(info["success"])
     if "shaped_reward" in info:
-        row["shaped_reward"] = np.float32(info["shaped_reward"] if not first else 0.0)
+        row["shaped_reward"] = np.float32(info["shaped_reward"])
     return row
 
 
@@ -125,7 +128,7 @@ def collect_random(env: str, *, profile: str = "paper", seed: int = 0, episodes:
         sim.close()
 
     ref = random_returns(env, profile)
-    sac = load_result(env, 0, profile)
+    sac = load_result(env, seed, profile)  # the expert of the same (env, seed, profile) SAC run
     writer.update_attrs(reference_returns={
         "random": ref["mean_return"], "expert": sac["expert_return"] if sac else None,
         "episodes": ref["episodes"], "definition": definition(env, profile)})
