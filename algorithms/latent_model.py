@@ -42,7 +42,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from .networks import (ConvDecoder, EnsembleLinear, ObservationEncoder, activation, image_log_likelihood, mlp)
+from .networks import ConvDecoder, EnsembleLinear, ObservationEncoder, image_log_likelihood, mlp
 
 PENALTIES = ("log_prob", "max_var", "mean")
 

@@ -117,7 +117,9 @@ class LOMPOConfig:
 
 
 PROFILE_SCALING = {
-    # cpu: about an hour on 2 cores including evaluation (benchmarks/bench_lompo.py measures it).
+    # cpu: about an hour on 2 cores (benchmarks/bench_lompo.py: 1.3 s per model step and 21 SAC
+    # steps/s on one contended core -> ~1 h of training; evaluation comes on top). Batch 16 x 32,
+    # half-width convs, a 128-unit GRU: far below the paper's model, and its scores say so.
     "cpu": dict(model_steps=2_000, model_batch=16, model_length=32, depth=16, deter=128, stoch=32, hidden=128,
                 reward_hidden=128, real_init_transitions=10_000, latent_init_transitions=10_000,
                 rollout_starts=512, real_buffer_size=50_000, latent_buffer_size=50_000, agent_steps=20_000,
