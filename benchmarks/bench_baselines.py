@@ -131,7 +131,8 @@ def bench_bc(args) -> list[dict]:
         contenders[name] = lambda: theirs.update(minibatch)
         params[name] = sum(p.numel() for p in theirs.impl.modules.imitator.parameters())
 
-    rates = race(contenders, rounds=args.rounds, iters=args.iters, warmup=args.warmup, device=device)
+    per_round = max(1, args.iters // args.rounds)  # --iters updates per contender in all
+    rates = race(contenders, rounds=args.rounds, iters=per_round, warmup=args.warmup, device=device)
     rows = [{"algorithm": "bc", "impl": name, "updates_per_s": float(np.median(r)), "best_updates_per_s": max(r),
              "rounds": r, "params": params[name]} for name, r in rates.items()]
     if missing:
@@ -240,7 +241,8 @@ def main(argv=None) -> None:
     parser.add_argument("--iters", type=int, default=20)
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--rounds", type=int, default=5,
-                        help="Interleaved timing rounds of --iters updates each (BC; the median is reported).")
+                        help="BC: the --iters timed updates are split into this many interleaved rounds; "
+                             "the median round is reported.")
     parser.add_argument("--cql-batch", type=int, default=None,
                         help="Batch of the CQL rows (default: 32 on CPU, where d3rlpy's CQL is very slow; --batch on CUDA).")
     parser.add_argument("--only", choices=sorted(BENCHES), action="append", help="Run only these benches.")
