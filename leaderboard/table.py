@@ -45,7 +45,9 @@ PROFILE_NOTES = {
     "paper": "the paper's dataset sizes and networks",
     "cpu": "reduced datasets and networks, about an hour per run on 2 CPU cores; not comparable "
            "to the paper's numbers",
-    "smoke": "seconds-long runs that check the pipeline works; the scores mean nothing",
+    "smoke": "seconds-long runs that check the pipeline works; the scores mean nothing (the smoke "
+             "datasets' SAC 'expert' is barely trained and may not even beat random, which inverts the "
+             "normalization)",
 }
 FORMATS = ("md", "csv", "latex")
 EMPTY = "–"
