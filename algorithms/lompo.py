@@ -38,6 +38,7 @@ import math
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import torch
@@ -68,7 +69,7 @@ class LOMPOConfig:
     kl_balance: float = 0.8
     # Latent data (Eq. 9, Algorithm 1).
     horizon: int = 5  # H
-    penalty: str = "log_prob"  # "log_prob" | "max_var" | "mean"
+    penalty: Literal["log_prob", "max_var", "mean"] = "log_prob"  # disagreement measure (latent_model.py)
     penalty_scale: float = 5.0  # lambda; LMBRL: 0
     burn_in: int = 5
     real_init_transitions: int = 50_000
