@@ -258,3 +258,36 @@ def test_sigterm_checkpoints_and_stops_then_the_same_command_resumes(smoke_datas
     resumed = run("bc", "walker", "random", profile="smoke", steps=steps, out=out, checkpoint_every=25, progress=False)
     res = json.loads((resumed / "result.json").read_text())
     assert res["gradient_steps"] == steps
+
+
+# --------------------------------------------------------------------------------------------
+# Evaluation
+
+
+def test_evaluate_is_deterministic_per_seed_and_shows_the_policy_only_pixels():
+    import numpy as np
+
+    from lompo_bench.algorithms.base import Policy
+    from lompo_bench.evaluation import evaluate, make_eval_env
+
+    class Brightness(Policy):
+        """Acts on what it sees (mean pixel brightness), with a per-episode phase."""
+
+        def reset(self):
+            self.t = 0
+
+        def act(self, obs):
+            assert set(obs) == {"image"}, set(obs)  # walker: pixels only, never the simulator state
+            self.t += 1
+            return np.full(6, np.sin(self.t + obs["image"].mean() / 10.0), np.float32)
+
+    env = make_eval_env("walker", image_size=32, horizon=20, seed=0)
+    threads = torch.get_num_threads()
+    first = evaluate(Brightness(), env, episodes=2, seed=7)
+    again = evaluate(Brightness(), env, episodes=2, seed=7)
+    other = evaluate(Brightness(), env, episodes=2, seed=8)
+    env.close()
+    assert torch.get_num_threads() == threads
+    assert first["lengths"] == [20, 20] and first["success_rate"] is None
+    assert first["returns"] == again["returns"] and first["returns"] != other["returns"]
+    assert first["mean_return"] == pytest.approx(np.mean(first["returns"]))
