@@ -221,8 +221,12 @@ class LOMPO(Algorithm):
     def config_for(cls, profile: str, spec: DataSpec) -> LOMPOConfig:
         config = cls.Config()
         if profile == "paper":
-            return dataclasses.replace(config, **PAPER_ENV_SIZES.get(spec.env, {}))
-        return dataclasses.replace(config, **PROFILE_SCALING[profile])
+            config = dataclasses.replace(config, **PAPER_ENV_SIZES.get(spec.env, {}))
+        else:
+            config = dataclasses.replace(config, **PROFILE_SCALING[profile])
+        # A window fits inside one episode (T + 1 rows): D'Claw's 40-step episodes are shorter
+        # than the authors' 50-step windows.
+        return dataclasses.replace(config, model_length=min(config.model_length, spec.horizon + 1))
 
     def __init__(self, config: LOMPOConfig, spec: DataSpec, device: str = "cpu", seed: int = 0):
         super().__init__(config, spec, device, seed)
