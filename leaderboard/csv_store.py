@@ -117,9 +117,15 @@ def _is_int(value) -> bool:
 
 def check_fields(result: dict) -> None:
     """Refuse a result.json with missing fields or values of the wrong kind."""
-    if any(k in result and result[k] is None for k in ("random_return", "expert_return", "normalized_score")):
-        raise Refusal("run has no normalized score (its dataset records no random/expert reference "
-                      "returns); accepted: runs on datasets with reference returns")
+    if any(k in result and result[k] is None for k in ("random_return", "expert_return")):
+        raise Refusal("run has no normalized score: its dataset records no random/expert reference "
+                      "returns; accepted: runs on datasets with reference returns")
+    if "normalized_score" in result and result["normalized_score"] is None:
+        random, expert = result.get("random_return"), result.get("expert_return")
+        why = (f"its dataset's expert return equals its random return ({expert})" if random == expert
+               else "result.json records none")
+        raise Refusal(f"run has no normalized score: {why}; accepted: runs on datasets whose expert "
+                      "return differs from the random one")
     missing = [k for k in RESULT_FIELDS if k not in result or (result[k] is None and k not in NULLABLE_COLUMNS)]
     if missing:
         raise Refusal(f"result.json lacks {', '.join(missing)}; accepted: every field of "

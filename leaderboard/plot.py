@@ -45,7 +45,7 @@ def plot(blocks: list[Block], out: Path | str) -> Path:
             pos = x - 0.4 + width * (i + 0.5)
             cells = [block.ours.get((algo, env, split)) for env, split in block.cells]
             means = [c.mean if c else np.nan for c in cells]
-            stds = [(c.std or 0.0) if c else 0.0 for c in cells]
+            stds = [c.std if c and c.std is not None else np.nan for c in cells]  # one seed: no bar
             ax_cells.bar(pos, means, width, yerr=stds, color=colors[algo], capsize=2,
                          error_kw={"elinewidth": 0.8})
             paper = [block.paper.get(cell, {}).get(algo, np.nan) for cell in block.cells]

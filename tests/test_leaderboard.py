@@ -146,7 +146,9 @@ def test_publish_refuses_duplicates(tmp_path):
     (lambda r: r.update(profile="huge"), "profile is 'huge'"),
     (lambda r: r.update(eval_episodes=0), "eval_episodes is 0"),
     (lambda r: r.update(raw_return=float("nan")), "raw_return is nan"),
-    (lambda r: r.update(expert_return=None), "no normalized score"),
+    (lambda r: r.update(expert_return=None), "records no random/expert reference returns"),
+    (lambda r: r.update(random_return=0.0, expert_return=0.0, normalized_score=None),
+     "expert return equals its random return (0.0)"),  # sparse-reward task nobody solved
     (lambda r: r.update(timestamp="yesterday"), "timestamp is 'yesterday'"),
 ])
 def test_publish_refuses_bad_rows(tmp_path, change, expected):
