@@ -13,7 +13,12 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
+
+# Tests use tiny networks: one BLAS/OpenMP thread is fastest, and two threads on a 2-core
+# machine that is doing anything else slow small ops ~100x. Subprocesses inherit it.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 import numpy as np
 import pytest
