@@ -78,7 +78,8 @@ from pathlib import Path
 import mujoco
 import numpy as np
 
-from lompo_bench.envs.core import EnvSpec, Task
+from lompo_bench.envs.core import Task
+from lompo_bench.envs.spec import SPECS
 from lompo_bench.errors import UserError
 
 ASSET_PATH = Path(__file__).resolve().parent / "assets" / "dclaw_screw.xml"
@@ -229,20 +230,6 @@ class DClawScrewTask(Task):
         return np.concatenate([self.data.qpos[self._finger_qpos], self.data.qvel[self._finger_qvel]]).astype(np.float32)
 
 
-SPEC = EnvSpec(
-    name="dclaw-screw",
-    base="D'Claw screw (ROBEL, rebuilt on mujoco): turn the valve continuously",
-    action_repeat=ACTION_REPEAT,
-    horizon=HORIZON,
-    image_size=IMAGE_SIZE,
-    has_proprio=True,
-    camera=f"{CAMERA}: fixed, outside the claw, looking down at the valve at about 45 degrees",
-    reward_range=REWARD_RANGE,
-    description=(
-        "Three 3-DoF fingers turn a three-pronged valve counter-clockwise as fast as possible; "
-        "reward 5 x valve speed minus pose and joint-speed costs; 9-D servo position targets; "
-        "40 agent steps of 0.2 s"
-    ),
-    task="lompo_bench.envs.dclaw:DClawScrewTask",
-    success_defined=False,
-)
+# The registry entry lives in the simulator-free `envs/spec.py` (listing envs must not load
+# MuJoCo); tests/test_envs.py checks it against this module's constants.
+SPEC = SPECS["dclaw-screw"]

@@ -68,8 +68,8 @@ SPECS: dict[str, EnvSpec] = {
             task="lompo_bench.envs.walker:WalkerWalkTask",
             success_defined=False,
         ),
-        # Mirrors `dclaw.SPEC` (kept literal so listing envs does not import the task;
-        # tests/test_envs.py checks the two agree).
+        # Literal, so listing envs does not load MuJoCo; tests/test_envs.py checks these
+        # numbers against the constants of envs/dclaw.py.
         EnvSpec(
             name="dclaw-screw",
             base="D'Claw screw (ROBEL, rebuilt on mujoco): turn the valve continuously",
