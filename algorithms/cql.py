@@ -85,10 +85,7 @@ class CQLConfig:
             raise ValueError(f"tau must be in (0, 1] and gamma in [0, 1], got tau={self.tau}, gamma={self.gamma}")
 
     def sac_config(self) -> SACConfig:
-        return SACConfig(gamma=self.gamma, tau=self.tau, actor_lr=self.actor_lr, critic_lr=self.critic_lr,
-                         alpha_lr=self.alpha_lr, init_alpha=self.init_alpha, target_entropy=self.target_entropy,
-                         grad_clip=self.grad_clip, actor_hidden=self.actor_hidden, actor_layers=self.actor_layers,
-                         critic_hidden=self.critic_hidden, critic_layers=self.critic_layers)
+        return SACConfig.from_config(self)
 
 
 PROFILE_SCALING = {

@@ -236,10 +236,7 @@ class LOMPO(Algorithm):
                                  stoch=c.stoch, hidden=c.hidden, heads=c.heads, reward_hidden=c.reward_hidden,
                                  free_nats=c.free_nats, kl_balance=c.kl_balance).to(device)
         self.model_optim = torch.optim.Adam(self.model.parameters(), lr=c.model_lr, eps=c.model_eps)
-        sac_config = SACConfig(gamma=c.gamma, tau=c.tau, actor_lr=c.actor_lr, critic_lr=c.critic_lr,
-                               alpha_lr=c.alpha_lr, init_alpha=c.init_alpha, grad_clip=c.grad_clip,
-                               actor_hidden=c.actor_hidden, actor_layers=c.actor_layers,
-                               critic_hidden=c.critic_hidden, critic_layers=c.critic_layers)
+        sac_config = SACConfig.from_config(c)
         self.sac = SAC(self.model.feature_dim, spec.action_dim, sac_config).to(device)
         self.real_buffer = TransitionBuffer(c.real_buffer_size, self.model.feature_dim, spec.action_dim, device)
         self.latent_buffer = TransitionBuffer(c.latent_buffer_size, self.model.feature_dim, spec.action_dim, device)

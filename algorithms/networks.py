@@ -39,6 +39,7 @@ SAC
 from __future__ import annotations
 
 import copy
+import dataclasses
 import math
 from dataclasses import dataclass
 from typing import Callable, Iterable, Optional
@@ -343,6 +344,12 @@ class SACConfig:
     critic_hidden: int = 256
     critic_layers: int = 3
     act: str = "relu"
+
+    @classmethod
+    def from_config(cls, config) -> "SACConfig":
+        """The SAC settings of an algorithm's config: its fields that share SACConfig's names
+        (every algorithm spells them the same way), defaults for the rest."""
+        return cls(**{f.name: getattr(config, f.name) for f in dataclasses.fields(cls) if hasattr(config, f.name)})
 
 
 @dataclass

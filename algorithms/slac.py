@@ -106,10 +106,7 @@ class SLACConfig:
             raise ValueError(f"decoder_std must be > 0, got {self.decoder_std}")
 
     def sac_config(self) -> SACConfig:
-        return SACConfig(gamma=self.gamma, tau=self.tau, actor_lr=self.actor_lr, critic_lr=self.critic_lr,
-                         alpha_lr=self.alpha_lr, init_alpha=self.init_alpha, target_entropy=self.target_entropy,
-                         grad_clip=self.grad_clip, actor_hidden=self.actor_hidden, actor_layers=self.actor_layers,
-                         critic_hidden=self.critic_hidden, critic_layers=self.critic_layers)
+        return SACConfig.from_config(self)
 
 
 PROFILE_SCALING = {
