@@ -39,7 +39,7 @@ DEFINITION = (
 
 def random_returns(env: str, profile: str) -> dict:
     """``{"mean_return", "mean_train_return", "returns", "episodes"}`` of the uniform-random policy (cached)."""
-    from .sac import make_env, train_reward
+    from .sac import episode_returns, make_env
 
     check_env(env)
     budget = get_budget(env, profile)
@@ -52,22 +52,11 @@ def random_returns(env: str, profile: str) -> dict:
         except ValueError:
             pass  # recompute a damaged cache
     sim = make_env(env, budget)
-    returns, train_returns = [], []
-    for j in range(budget.random_episodes):
-        rng = np.random.default_rng(RANDOM_SEED_BASE + j)
-        sim.reset(seed=RANDOM_SEED_BASE + j)
-        done, ret, tret = False, 0.0, 0.0
-        while not done:
-            action = rng.uniform(-1.0, 1.0, sim.action_space.shape).astype(np.float32)
-            _, reward, terminated, truncated, info = sim.step(action)
-            ret += float(reward)
-            tret += train_reward(reward, info)
-            done = terminated or truncated
-        returns.append(ret)
-        train_returns.append(tret)
+    shape = sim.action_space.shape
+    result = episode_returns(sim, [RANDOM_SEED_BASE + j for j in range(budget.random_episodes)],
+                             lambda obs, rng: rng.uniform(-1.0, 1.0, shape).astype(np.float32))
     sim.close()
-    result = {"mean_return": float(np.mean(returns)), "mean_train_return": float(np.mean(train_returns)),
-              "returns": returns, "episodes": budget.random_episodes}
+    result["episodes"] = budget.random_episodes
     cache.parent.mkdir(parents=True, exist_ok=True)
     tmp = cache.with_name(cache.name + ".tmp")
     tmp.write_text(json.dumps(result, indent=2))

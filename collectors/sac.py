@@ -227,16 +227,16 @@ class RecordingStateEnv(gym.Wrapper):
 # -- evaluation ---------------------------------------------------------------------------------
 
 
-def evaluate_policy(model, env: gym.Env, episodes: int, seed_base: int = EVAL_SEED_BASE,
-                    deterministic: bool = True) -> dict:
-    """Returns of ``episodes`` fixed-seed episodes (dataset reward and training reward)."""
+def episode_returns(env: gym.Env, seeds, act) -> dict:
+    """One episode per reset seed; ``act(obs, rng)`` picks each action, ``rng`` seeded by the
+    episode's seed. Returns of the dataset reward and of the reward SAC trains on."""
     returns, train_returns = [], []
-    for j in range(episodes):
-        obs, _ = env.reset(seed=seed_base + j)
+    for seed in seeds:
+        rng = np.random.default_rng(seed)
+        obs, _ = env.reset(seed=seed)
         done, ret, tret = False, 0.0, 0.0
         while not done:
-            action, _ = model.predict(obs["state"], deterministic=deterministic)
-            obs, reward, terminated, truncated, info = env.step(action)
+            obs, reward, terminated, truncated, info = env.step(act(obs, rng))
             ret += float(reward)
             tret += train_reward(reward, info)
             done = terminated or truncated
@@ -244,6 +244,13 @@ def evaluate_policy(model, env: gym.Env, episodes: int, seed_base: int = EVAL_SE
         train_returns.append(tret)
     return {"mean_return": float(np.mean(returns)), "mean_train_return": float(np.mean(train_returns)),
             "returns": returns, "train_returns": train_returns}
+
+
+def evaluate_policy(model, env: gym.Env, episodes: int, seed_base: int = EVAL_SEED_BASE,
+                    deterministic: bool = True) -> dict:
+    """Returns of ``episodes`` fixed-seed episodes of the SAC policy."""
+    return episode_returns(env, range(seed_base, seed_base + episodes),
+                           lambda obs, rng: model.predict(obs["state"], deterministic=deterministic)[0])
 
 
 def write_eval_curve(folder: Path, curve: list[dict], env: str) -> None:
