@@ -126,6 +126,12 @@ def check_fields(result: dict) -> None:
                else "result.json records none")
         raise Refusal(f"run has no normalized score: {why}; accepted: runs on datasets whose expert "
                       "return differs from the random one")
+    random, expert = result.get("random_return"), result.get("expert_return")
+    if isinstance(random, (int, float)) and isinstance(expert, (int, float)) and expert < random:
+        # D4RL's scale needs expert above random; below it, a better policy would score lower.
+        raise Refusal(f"its dataset's expert return ({expert:.4g}) is below its random return ({random:.4g}), "
+                      "so the normalized score is meaningless; accepted: runs on datasets whose SAC expert "
+                      "beats the random policy (smoke-profile SAC does not learn)")
     missing = [k for k in RESULT_FIELDS if k not in result or (result[k] is None and k not in NULLABLE_COLUMNS)]
     if missing:
         raise Refusal(f"result.json lacks {', '.join(missing)}; accepted: every field of "

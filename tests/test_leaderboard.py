@@ -149,6 +149,9 @@ def test_publish_refuses_duplicates(tmp_path):
     (lambda r: r.update(expert_return=None), "records no random/expert reference returns"),
     (lambda r: r.update(random_return=0.0, expert_return=0.0, normalized_score=None),
      "expert return equals its random return (0.0)"),  # sparse-reward task nobody solved
+    (lambda r: r.update(random_return=3.69, expert_return=3.37, raw_return=3.5,
+                        normalized_score=100 * (3.5 - 3.69) / (3.37 - 3.69)),
+     "expert return (3.37) is below its random return (3.69)"),  # smoke SAC that learned nothing
     (lambda r: r.update(timestamp="yesterday"), "timestamp is 'yesterday'"),
 ])
 def test_publish_refuses_bad_rows(tmp_path, change, expected):
