@@ -46,8 +46,7 @@ PROFILE_NOTES = {
     "cpu": "reduced datasets and networks, about an hour per run on 2 CPU cores; not comparable "
            "to the paper's numbers",
     "smoke": "seconds-long runs that check the pipeline works; the scores mean nothing (the smoke "
-             "datasets' SAC 'expert' is barely trained and may not even beat random, which inverts the "
-             "normalization)",
+             "datasets' SAC 'expert' is barely trained, and the policies take a handful of steps)",
 }
 FORMATS = ("md", "csv", "latex")
 EMPTY = "–"
