@@ -72,6 +72,9 @@ class Algorithm(abc.ABC):
         self.device = device
         self.seed = seed
 
+    # Optional: `phase_ends`, the train_step indices where each phase ends (e.g. LOMPO's model,
+    # buffer-fill and agent phases), so the runner's ETA times one phase at a time.
+
     @abc.abstractmethod
     def total_steps(self) -> int:
         """Number of `train_step` calls a full run makes (all phases together)."""

@@ -565,8 +565,14 @@ def run(algo: str, env: str, split: str | None = None, *, seed: int = 0, profile
                     elif elapsed >= 2.0 or eta_probe["steps"] >= 20:
                         eta_probe["done"] = True
                         per_step = elapsed / eta_probe["steps"]
-                        eta = per_step * (total - step)
-                        say(f"ETA {format_duration(eta)} for the remaining {total - step} training steps "
+                        # Multi-phase methods (LOMPO: ~1 s model steps, then ~30 ms SAC steps) are
+                        # only timed within the phase being run.
+                        phase_end = next((int(e) for e in getattr(agent, "phase_ends", ()) if int(e) > step), total)
+                        eta = per_step * (phase_end - step)
+                        what = (f"the remaining {total - step} training steps" if phase_end == total else
+                                f"the remaining {phase_end - step} steps of this phase (of {total} in all; "
+                                "later phases run at their own pace)")
+                        say(f"ETA {format_duration(eta)} for {what} "
                             f"({per_step * 1000:.0f} ms/step over the first {eta_probe['steps'] + 1} steps, "
                             "evaluation not included)")
                         if profile == "paper" and device == "cpu" and eta > 3 * 3600:
