@@ -44,6 +44,7 @@ bench: setup
 
 table: setup
 	$(LB) leaderboard table --format md --out leaderboard/RESULTS.md
+	$(LB) leaderboard plot --out leaderboard/RESULTS.png
 
 clean:
 	rm -rf $(DEMO_DIR) .pytest_cache
