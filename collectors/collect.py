@@ -21,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from tqdm.auto import tqdm
 
 from lompo_bench import paths
 from lompo_bench.errors import UserError
@@ -122,25 +123,18 @@ def collect_sac_split(env: str, split: str, *, profile: str = "paper", seed: int
              "reference_returns": reference_returns(result)}
     writer = DatasetWriter.open(out, attrs, overwrite=overwrite, codec=codec or DEFAULT_CODEC)
 
-    bar = None
-    if progress:
-        from tqdm.auto import tqdm
-
-        bar = tqdm(total=n_episodes, initial=writer.num_episodes, unit="episode", desc=f"{env} {split}",
-                   dynamic_ncols=True)
     policy = sac.load_final_policy(env, seed, profile) if split == "expert" else None
     sim = sac.make_env(env, get_budget(env, profile)) if split == "expert" else None
-    for i in range(writer.num_episodes, n_episodes):
-        if split == "expert":
-            rows = play_episode(policy, sim, seed, i, deterministic=False)
-        else:
-            e = chosen[i]
-            rows = {k: v[e["start"]:e["end"]] for k, v in log.items()}
-        writer.add_episode(_rows_to_arrays(rows, env, image_size))
-        if bar is not None:
+    with tqdm(total=n_episodes, initial=writer.num_episodes, unit="episode", desc=f"{env} {split}",
+              dynamic_ncols=True, disable=not progress) as bar:
+        for i in range(writer.num_episodes, n_episodes):
+            if split == "expert":
+                rows = play_episode(policy, sim, seed, i, deterministic=False)
+            else:
+                e = chosen[i]
+                rows = {k: v[e["start"]:e["end"]] for k, v in log.items()}
+            writer.add_episode(_rows_to_arrays(rows, env, image_size))
             bar.update(1)
-    if bar is not None:
-        bar.close()
     writer.finalize()
     return out
 

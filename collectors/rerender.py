@@ -15,6 +15,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from tqdm.auto import tqdm
+
 from lompo_bench.errors import UserError
 
 # Attributes the store writer manages itself; everything else is carried over.
@@ -53,19 +55,12 @@ def rerender(path, image_size: int, out=None, *, overwrite: bool = False, progre
     attrs["env"] = env
     attrs["rerendered_from"] = {"path": str(path), "dataset_id": source.checksum, "image_size": source_size}
     writer = DatasetWriter.open(out, attrs, overwrite=overwrite)
-    bar = None
-    if progress:
-        from tqdm.auto import tqdm
-
-        bar = tqdm(total=source.num_episodes, initial=writer.num_episodes, unit="episode",
-                   desc=f"rerender {image_size}px", dynamic_ncols=True)
-    for i in range(writer.num_episodes, source.num_episodes):
-        episode = source.episode(i)
-        episode["image"] = envs.render_states(name, episode["physics"], image_size)
-        writer.add_episode(episode)
-        if bar is not None:
+    with tqdm(total=source.num_episodes, initial=writer.num_episodes, unit="episode",
+              desc=f"rerender {image_size}px", dynamic_ncols=True, disable=not progress) as bar:
+        for i in range(writer.num_episodes, source.num_episodes):
+            episode = source.episode(i)
+            episode["image"] = envs.render_states(name, episode["physics"], image_size)
+            writer.add_episode(episode)
             bar.update(1)
-    if bar is not None:
-        bar.close()
     writer.finalize()
     return out

@@ -9,12 +9,10 @@ from __future__ import annotations
 
 import dataclasses
 import io
-import json
 
 import numpy as np
 import pytest
 import torch
-from click.testing import CliRunner
 from conftest import write_scripted_store
 
 from lompo_bench.algorithms.base import DataSpec
@@ -149,21 +147,3 @@ def test_profiles_scale_down_from_paper_defaults(walker_store):
     paper, cpu, smoke = (CQL.config_for(p, spec) for p in ("paper", "cpu", "smoke"))
     assert (paper.cql_alpha, paper.cql_num_actions, paper.actor_lr, paper.critic_lr, paper.batch_size) == (5.0, 10, 1e-4, 3e-4, 256)
     assert smoke.steps < cpu.steps < paper.steps and cpu.batch_size < paper.batch_size
-
-
-@pytest.mark.parametrize("env_name", ["walker", pytest.param("dclaw-screw", marks=pytest.mark.slow),
-                                      pytest.param("adroit-pen", marks=pytest.mark.slow),
-                                      pytest.param("sawyer-door", marks=pytest.mark.slow)])
-def test_cli_smoke_run_end_to_end(env_name, smoke_dataset, tmp_path):
-    """`lompo-bench run cql --env ENV --profile smoke` on the env's smoke dataset."""
-    from lompo_bench.cli import cli
-
-    smoke_dataset(env_name)
-    out = tmp_path / "run"
-    result = CliRunner().invoke(cli, ["run", "cql", "--env", env_name, "--profile", "smoke", "--split", "random",
-                                      "--out", str(out), "--eval-episodes", "1", "--no-progress"])
-    assert result.exit_code == 0, result.output
-    summary = json.loads((out / "result.json").read_text())
-    assert summary["algorithm"] == "cql" and summary["env"] == env_name
-    assert summary["gradient_steps"] == summary["train_steps"] == summary["config"]["steps"]
-    assert np.isfinite(summary["raw_return"])

@@ -4,12 +4,10 @@ from __future__ import annotations
 
 import dataclasses
 import io
-import json
 
 import numpy as np
 import pytest
 import torch
-from click.testing import CliRunner
 
 from lompo_bench.algorithms.base import DataSpec
 from lompo_bench.algorithms.slac import SLAC, SLACConfig, SLACPolicy, history_at
@@ -156,21 +154,3 @@ def test_profiles_scale_down_from_paper_defaults(walker_store):
     assert (paper.sequence_length, paper.z1_dim, paper.z2_dim, paper.model_lr, paper.actor_lr,
             paper.model_batch_size, paper.rl_batch_size) == (8, 32, 256, 1e-4, 3e-4, 32, 256)
     assert SLAC(smoke, spec).total_steps() < SLAC.config_for("cpu", spec).joint_steps
-
-
-@pytest.mark.parametrize("env_name", ["walker", pytest.param("dclaw-screw", marks=pytest.mark.slow),
-                                      pytest.param("adroit-pen", marks=pytest.mark.slow),
-                                      pytest.param("sawyer-door", marks=pytest.mark.slow)])
-def test_cli_smoke_run_end_to_end(env_name, smoke_dataset, tmp_path):
-    """`lompo-bench run slac --env ENV --profile smoke` on the env's smoke dataset."""
-    from lompo_bench.cli import cli
-
-    smoke_dataset(env_name)
-    out = tmp_path / "run"
-    result = CliRunner().invoke(cli, ["run", "slac", "--env", env_name, "--profile", "smoke", "--split", "random",
-                                      "--out", str(out), "--eval-episodes", "1", "--no-progress"])
-    assert result.exit_code == 0, result.output
-    summary = json.loads((out / "result.json").read_text())
-    assert summary["algorithm"] == "slac" and summary["env"] == env_name and np.isfinite(summary["raw_return"])
-    assert summary["gradient_steps"] == summary["train_steps"]
-    assert (out / "model_samples.png").exists()
