@@ -535,8 +535,10 @@ def run(algo: str, env: str, split: str | None = None, *, seed: int = 0, profile
         say(f"--steps {steps}: " + ", ".join(f"{k}={v}" for k, v in scaled.items())
             + (f" ({total} iterations in all)" if total != steps else ""))
     log_every = max(1, min(100, total // 200))
+    # Per-key sums and counts: a metric an algorithm reports only on some steps (LOMPO's latent
+    # refresh) is averaged over the steps that reported it, not diluted by the others.
     sums: dict[str, float] = {}
-    count = 0
+    counts: dict[str, int] = {}
     last_ckpt_time = time.perf_counter()
     eta_probe = {"start": None, "steps": 0, "done": start_step >= total}
     bar = tqdm(total=total, initial=start_step, desc=f"{algo}/{env}", unit="step", file=sys.stderr,
@@ -551,7 +553,7 @@ def run(algo: str, env: str, split: str | None = None, *, seed: int = 0, profile
             step += 1
             for k, v in metrics.items():
                 sums[k] = sums.get(k, 0.0) + float(v)
-            count += 1
+                counts[k] = counts.get(k, 0) + 1
             # ETA from the first steps after the first one (which pays for allocation and warm-up).
             if not eta_probe["done"]:
                 now = time.perf_counter()
@@ -580,14 +582,14 @@ def run(algo: str, env: str, split: str | None = None, *, seed: int = 0, profile
                                 "use --profile cpu (about an hour) or an accelerator (--device cuda)")
             if step % log_every == 0 or step == total:
                 row = {"step": step, "wall_time_s": round(wall(), 3), "gradient_steps": agent.gradient_steps()}
-                row.update({k: s / count for k, s in sums.items()})
+                row.update({k: s / counts[k] for k, s in sums.items()})
                 metrics_log.append(row)
                 if tb is not None:
                     for k, s in sums.items():
-                        tb.add_scalar(f"train/{k}", s / count, step)
+                        tb.add_scalar(f"train/{k}", s / counts[k], step)
                 shown = [k for k in row if "loss" in k][:3] or [k for k in sums][:3]
                 postfix.update({k.replace("_loss", ""): f"{row[k]:.3g}" for k in shown})
-                sums, count = {}, 0
+                sums, counts = {}, {}
                 bar.set_postfix(postfix, refresh=False)
             bar.update(1)
             if step % eval_every == 0 and step < total:

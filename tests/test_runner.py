@@ -127,6 +127,31 @@ def test_smoke_run_of_each_algorithm_on_each_env(algo, env, smoke_dataset, tmp_p
         assert (run_dir / name).stat().st_size > 0
 
 
+def test_a_metric_reported_on_some_steps_is_averaged_over_those_steps(smoke_dataset, tmp_path, monkeypatch):
+    """LOMPO reports its latent-rollout reward only on buffer-refresh steps; metrics.csv must show
+    that mean, not the mean diluted by the steps that did not report it."""
+    from lompo_bench.algorithms.bc import BC
+
+    class SparseMetricBC(BC):
+        name = "sparse-metric-bc"
+
+        def train_step(self, dataset, step):
+            metrics = super().train_step(dataset, step)
+            if step % 5 == 0:
+                metrics["refresh_value"] = 7.0
+            return metrics
+
+    registry.get("bc")  # load the built-ins before adding the test's own algorithm
+    monkeypatch.setitem(registry._REGISTRY, SparseMetricBC.name, SparseMetricBC)
+    smoke_dataset("walker")
+    run_dir = run(SparseMetricBC.name, "walker", "random", profile="smoke", steps=400, overrides={"batch_size": 2},
+                  eval_every=400, eval_episodes=1, out=tmp_path / "run", progress=False)
+    rows = read_csv(run_dir / "metrics.csv")
+    assert int(rows[1]["step"]) - int(rows[0]["step"]) > 1  # rows average several steps
+    reported = [float(r["refresh_value"]) for r in rows if r["refresh_value"]]
+    assert reported and all(v == pytest.approx(7.0) for v in reported)
+
+
 # --------------------------------------------------------------------------------------------
 # One-line errors
 
