@@ -582,11 +582,12 @@ def run(algo: str, env: str, split: str | None = None, *, seed: int = 0, profile
                                 "use --profile cpu (about an hour) or an accelerator (--device cuda)")
             if step % log_every == 0 or step == total:
                 row = {"step": step, "wall_time_s": round(wall(), 3), "gradient_steps": agent.gradient_steps()}
-                row.update({k: s / counts[k] for k, s in sums.items()})
+                means = {k: s / counts[k] for k, s in sums.items()}
+                row.update(means)
                 metrics_log.append(row)
                 if tb is not None:
-                    for k, s in sums.items():
-                        tb.add_scalar(f"train/{k}", s / counts[k], step)
+                    for k, v in means.items():
+                        tb.add_scalar(f"train/{k}", v, step)
                 shown = [k for k in row if "loss" in k][:3] or [k for k in sums][:3]
                 postfix.update({k.replace("_loss", ""): f"{row[k]:.3g}" for k in shown})
                 sums, counts = {}, {}

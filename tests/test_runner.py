@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import dataclasses
 import json
+import math
 import os
 import signal
 import subprocess
@@ -119,8 +120,11 @@ def test_smoke_run_of_each_algorithm_on_each_env(algo, env, smoke_dataset, tmp_p
     assert set(RESULT_FIELDS) <= set(res)
     assert res["algorithm"] == algo and res["env"] == env and res["train_steps"] > 0
     assert res["gradient_steps"] > 0 and len(res["eval_returns"]) == 2
+    assert math.isfinite(res["raw_return"])
     if algo in ("slac", "cql", "bc"):  # one update per step; LOMPO's fill phases take steps without one
         assert res["gradient_steps"] == res["train_steps"]
+    if algo in ("cql", "bc"):  # single-phase methods run exactly their configured steps
+        assert res["train_steps"] == res["config"]["steps"]
     if algo in ("lompo", "lmbrl", "slac"):  # a failing sample_figures only warns, so check it drew
         assert "model_samples.png" in res["figures"]
     for name in res["figures"]:
