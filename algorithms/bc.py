@@ -34,7 +34,8 @@ from lompo_bench.registry import register
 
 from .augment import random_shift
 from .base import Algorithm, DataSpec, Policy
-from .networks import ObservationEncoder, TanhGaussianActor
+from .encoders import ObservationEncoder
+from .networks import TanhGaussianActor
 
 
 @dataclass

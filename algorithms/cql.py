@@ -23,7 +23,7 @@ random shift of up to `augment_pad` pixels at s and s' (DrQ); 0 turns augmentati
 Terminal transitions stop bootstrapping; time-limit ends (`timeout`) do not.
 
 SAC itself (actor, twin critic, target critic, automatic entropy tuning, optimizers) is the
-shared `networks.SAC`; this module adds the encoder, the conservative term and Lagrangian.
+shared `agents.SAC`; this module adds the encoder, the conservative term and Lagrangian.
 Defaults are the CQL paper's (fixed alpha 5, 10 sampled actions, actor lr 1e-4, critic lr
 3e-4, batch 256, gamma 0.99, tau 5e-3) with the LOMPO paper's encoder and 3 x 256 heads
 (Appendix C). `config_for` scales them down for the `cpu` and `smoke` profiles.
@@ -45,7 +45,9 @@ from lompo_bench.registry import register
 from .augment import random_shift
 from .base import Algorithm, DataSpec, Policy
 from .bc import to_tensors
-from .networks import SAC, ObservationEncoder, SACBatch, SACConfig, TwinQ, soft_update
+from .agents import SAC, SACBatch, SACConfig
+from .encoders import ObservationEncoder
+from .networks import TwinQ, soft_update
 
 
 @dataclass

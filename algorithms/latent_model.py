@@ -42,7 +42,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from .networks import ConvDecoder, EnsembleLinear, ObservationEncoder, image_log_likelihood, mlp
+from .encoders import ConvDecoder, ObservationEncoder, image_log_likelihood
+from .networks import EnsembleLinear, mlp
 
 PENALTIES = ("log_prob", "max_var", "mean")
 

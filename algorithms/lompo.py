@@ -47,7 +47,7 @@ from lompo_bench.registry import register
 
 from .base import Algorithm, DataSpec, Policy
 from .latent_model import PENALTIES, LatentModel, LatentState
-from .networks import SAC, SACBatch, SACConfig
+from .agents import SAC, SACBatch, SACConfig
 
 
 @dataclass

@@ -18,7 +18,7 @@ conditional is a diagonal Gaussian from a 2 x 256 MLP; z2's posterior *is* its p
 z1 pays a KL. The model maximises the ELBO on windows of `sequence_length + 1` rows:
 sum_t [log p(x_t | z_t) + log p(r_t | ...) - KL(q(z1_t | ...) || p(z1_t | ...))].
 
-Agent (SAC, automatic entropy tuning, the shared `networks.SAC`):
+Agent (SAC, automatic entropy tuning, the shared `agents.SAC`):
   - critic Q(z_t, a) on latent samples from the model's posterior over the window (the model
     is not trained by the critic: samples are detached);
   - actor pi(a | x_t-tau+1..t, a_t-tau+2..t) on the observation history: the encoder features
@@ -64,7 +64,9 @@ from lompo_bench.registry import register
 from .augment import random_shift
 from .base import Algorithm, DataSpec, Policy
 from .bc import to_tensors
-from .networks import SAC, ConvDecoder, ObservationEncoder, SACBatch, SACConfig, image_log_likelihood, mlp
+from .agents import SAC, SACBatch, SACConfig
+from .encoders import ConvDecoder, ObservationEncoder, image_log_likelihood
+from .networks import mlp
 
 
 @dataclass

@@ -46,7 +46,7 @@ ACTION_DIM = 6  # walker
 
 def conv_filters(image_size: int) -> list[list[int]]:
     """Our encoder's convolutions as d3rlpy (channels, kernel, stride) triples."""
-    from lompo_bench.algorithms.networks import ConvEncoder
+    from lompo_bench.algorithms.encoders import ConvEncoder
 
     return [[ch, 4, 2] for ch in ConvEncoder(image_size).channels]
 

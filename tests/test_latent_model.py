@@ -11,8 +11,9 @@ import pytest
 import torch
 
 from lompo_bench.algorithms.latent_model import LatentModel, LatentState, disagreement
-from lompo_bench.algorithms.networks import (SAC, ConvDecoder, ConvEncoder, SACBatch, SACConfig, TanhGaussianActor,
-                                             TwinQ, decoder_layout)
+from lompo_bench.algorithms.agents import SAC, SACBatch, SACConfig
+from lompo_bench.algorithms.encoders import ConvDecoder, ConvEncoder, decoder_layout
+from lompo_bench.algorithms.networks import TanhGaussianActor, TwinQ
 
 torch.set_num_threads(1)
 

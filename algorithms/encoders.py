@@ -1,0 +1,172 @@
+"""Image encoders and decoders shared by every pixel-based algorithm (Appendix C sizes).
+
+`preprocess_images(uint8 (..., H, W, 3)) -> float (..., 3, H, W)` in [-0.5, 0.5].
+`ConvEncoder(image_size, depth=32)`: stride-2, kernel-4 convolutions without padding; 64 px
+gets 4 layers [32, 64, 128, 256] (64 -> 31 -> 14 -> 6 -> 2), 128 px gets 5 layers
+[32, 64, 128, 256, 256] (128 -> 63 -> 30 -> 14 -> 6 -> 2). Other sizes >= 32 get layers
+added while the feature map stays at least 2x2. `.out_dim` is the flattened feature size.
+`ConvDecoder(feature_dim, image_size, depth=32)`: Dreamer's decoder, a dense projection to a
+1x1 map followed by stride-2 transposed convolutions, returning the *mean* image (the
+likelihood is a unit-variance Gaussian, so the log-likelihood is -0.5 * squared error).
+See `ConvDecoder` for the exact kernel arithmetic per size.
+`ObservationEncoder(image_shape, proprio_dim)`: conv features of the image, concatenated with
+an MLP embedding of proprioception where the task has it.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from .networks import activation, mlp
+
+
+
+def preprocess_images(images: torch.Tensor) -> torch.Tensor:
+    """uint8 (..., H, W, 3) -> float32 (..., 3, H, W) scaled to [-0.5, 0.5] (the authors' scaling).
+
+    Float input is taken as already in [0, 255] pixel units (e.g. a float copy of the frames)."""
+    x = images.float() / 255.0 - 0.5
+    return x.movedim(-1, -3)
+
+
+def _check_image_size(image_size: int) -> int:
+    if not isinstance(image_size, int) or image_size < 32:
+        from lompo_bench.errors import UserError
+
+        raise UserError(f"image size {image_size!r} is not supported; accepted: an integer >= 32 (the paper uses 64 and 128)")
+    return image_size
+
+
+def encoder_layer_count(image_size: int) -> int:
+    """Stride-2 kernel-4 layers (no padding) while the feature map stays at least 2x2:
+    32 -> 3, 64 -> 4 (the paper's Walker encoder), 128 -> 5 (D'Claw/Adroit/Door)."""
+    size, layers = _check_image_size(image_size), 0
+    while (size - 4) // 2 + 1 >= 2:
+        size = (size - 4) // 2 + 1
+        layers += 1
+    return layers
+
+
+class ConvEncoder(nn.Module):
+    """Image -> flat features. Channels depth * [1, 2, 4, 8, 8, ...], kernel 4, stride 2.
+
+    Input: uint8 (..., H, W, 3) with any leading batch dims (pass `preprocess=False` to feed
+    already-preprocessed float (..., 3, H, W)). Output: (..., out_dim)."""
+
+    def __init__(self, image_size: int, depth: int = 32, act: str = "relu"):
+        super().__init__()
+        self.image_size = image_size
+        n = encoder_layer_count(image_size)
+        channels = [depth * min(2**i, 8) for i in range(n)]
+        layers, in_ch, size = [], 3, image_size
+        for ch in channels:
+            layers += [nn.Conv2d(in_ch, ch, kernel_size=4, stride=2), activation(act)]
+            in_ch, size = ch, (size - 4) // 2 + 1
+        self.net = nn.Sequential(*layers)
+        self.out_dim = in_ch * size * size
+        self.channels = channels
+
+    def forward(self, images: torch.Tensor, preprocess: bool = True) -> torch.Tensor:
+        x = preprocess_images(images) if preprocess else images
+        batch_shape = x.shape[:-3]
+        x = self.net(x.reshape(-1, *x.shape[-3:]))
+        return x.reshape(*batch_shape, self.out_dim)
+
+
+def decoder_layout(image_size: int, depth: int = 32) -> list[tuple[int, int, int]]:
+    """(out_channels, kernel, padding) per transposed-conv layer, all stride 2, from a 1x1 map.
+
+    32 px:  kernels [5, 6, 6]            1 -> 5 -> 14 -> 32
+    64 px:  kernels [5, 5, 6, 6]         1 -> 5 -> 13 -> 30 -> 64    (Dreamer, paper Appendix C)
+    128 px: kernels [5, 5, 6, 6, 4 (p1)] 1 -> 5 -> 13 -> 30 -> 64 -> 128
+    The paper lists kernels [5, 5, 5, 4, 4] for 128 px, which from a 1x1 map gives
+    1 -> 5 -> 13 -> 29 -> 60 -> 122, not 128, for any stride-2 padding; we keep the paper's
+    five layers and channels [128, 64, 32, 32, 3] and use Dreamer's exact 64 px arithmetic
+    followed by one exact doubling layer (kernel 4, padding 1). Larger powers of two add more
+    doubling layers; other sizes decode to the next power of two down and are resized
+    bilinearly to the exact size (see `ConvDecoder`)."""
+    size = 2 ** int(math.floor(math.log2(_check_image_size(image_size))))
+    n = int(math.log2(size)) - 2  # 32 -> 3, 64 -> 4, 128 -> 5
+    if size == 32:
+        kernels = [(5, 0), (6, 0), (6, 0)]
+    else:
+        kernels = [(5, 0), (5, 0), (6, 0), (6, 0)] + [(4, 1)] * (n - 4)
+    hidden = [4 * depth, 2 * depth, depth] + [depth] * max(0, n - 4)
+    channels = hidden[: n - 1] + [3]
+    return [(ch, k, p) for ch, (k, p) in zip(channels, kernels)]
+
+
+class ConvDecoder(nn.Module):
+    """Features (..., feature_dim) -> mean image (..., 3, H, W) in the preprocessed scale.
+
+    Dense projection to a (32 * depth, 1, 1) map, then the transposed convolutions of
+    `decoder_layout`. Training uses a unit-variance Gaussian likelihood around this mean,
+    compared against `preprocess_images(target)`; `to_uint8` turns a mean into a frame."""
+
+    def __init__(self, feature_dim: int, image_size: int, depth: int = 32, act: str = "relu"):
+        super().__init__()
+        self.image_size = image_size
+        self.embed_channels = 32 * depth
+        self.project = nn.Linear(feature_dim, self.embed_channels)
+        layers, in_ch, size = [], self.embed_channels, 1
+        layout = decoder_layout(image_size, depth)
+        for i, (ch, k, p) in enumerate(layout):
+            layers.append(nn.ConvTranspose2d(in_ch, ch, kernel_size=k, stride=2, padding=p))
+            if i < len(layout) - 1:
+                layers.append(activation(act))
+            in_ch, size = ch, (size - 1) * 2 - 2 * p + k
+        self.net = nn.Sequential(*layers)
+        self.decoded_size = size  # equals image_size for powers of two
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        batch_shape = features.shape[:-1]
+        x = self.project(features).reshape(-1, self.embed_channels, 1, 1)
+        x = self.net(x)
+        if self.decoded_size != self.image_size:
+            x = F.interpolate(x, size=(self.image_size, self.image_size), mode="bilinear", align_corners=False)
+        return x.reshape(*batch_shape, 3, self.image_size, self.image_size)
+
+    @staticmethod
+    def to_uint8(mean: torch.Tensor) -> torch.Tensor:
+        """(..., 3, H, W) mean in [-0.5, 0.5] -> uint8 (..., H, W, 3)."""
+        return ((mean.float().clamp(-0.5, 0.5) + 0.5) * 255.0).round().to(torch.uint8).movedim(-3, -1)
+
+
+def image_log_likelihood(mean: torch.Tensor, images: torch.Tensor) -> torch.Tensor:
+    """Unit-variance Gaussian log-likelihood per image (summed over pixels, constants dropped).
+
+    mean: (..., 3, H, W) decoder output; images: uint8 (..., H, W, 3). Returns (...)."""
+    target = preprocess_images(images)
+    return -0.5 * (mean.float() - target).pow(2).flatten(-3).sum(-1)
+
+
+class ObservationEncoder(nn.Module):
+    """Observation dict -> features: conv features of `image`, plus an MLP embedding of
+    `proprio` concatenated to them where the task has proprioception (proprio_dim > 0).
+
+    Inputs are tensors with any leading batch dims: `image` uint8 (..., H, W, 3), `proprio`
+    float (..., P). `.out_dim` = conv features + proprio embedding size."""
+
+    def __init__(self, image_shape, proprio_dim: int = 0, depth: int = 32, proprio_hidden: int = 256,
+                 proprio_layers: int = 2, proprio_out: int = 128, act: str = "relu"):
+        super().__init__()
+        image_size = int(image_shape[0])
+        if tuple(image_shape) != (image_size, image_size, 3):
+            from lompo_bench.errors import UserError
+
+            raise UserError(f"image shape {tuple(image_shape)} is not supported; accepted: square RGB (S, S, 3)")
+        self.conv = ConvEncoder(image_size, depth, act=act)
+        self.proprio_dim = int(proprio_dim)
+        self.proprio = (mlp(self.proprio_dim, proprio_out, proprio_hidden, proprio_layers, act="elu")
+                        if self.proprio_dim else None)
+        self.out_dim = self.conv.out_dim + (proprio_out if self.proprio_dim else 0)
+
+    def forward(self, obs: dict) -> torch.Tensor:
+        features = self.conv(obs["image"])
+        if self.proprio is not None:
+            features = torch.cat([features, self.proprio(obs["proprio"].float())], -1)
+        return features
