@@ -118,20 +118,6 @@ def verify(path):
 
 @datasets.command()
 @click.argument("path", type=click.Path(path_type=Path))
-@click.option("--format", "fmt", type=click.Choice(["npz", "hdf5", "minari"]), required=True)
-@click.option("--out", type=click.Path(path_type=Path), default=None,
-              help="Output file (npz/hdf5; default: next to the store) or Minari dataset id.")
-@click.option("--overwrite", is_flag=True, help="Replace an existing output.")
-def export(path, fmt, out, overwrite):
-    """Export to D4RL-style flat keys (npz, hdf5) or a Minari dataset."""
-    from .store.exporters import export as export_store
-
-    written = export_store(path, fmt, out, overwrite=overwrite)
-    click.echo(f"wrote {written}")
-
-
-@datasets.command()
-@click.argument("path", type=click.Path(path_type=Path))
 @click.option("--image-size", type=int, required=True, help="Side of the new square frames, in pixels (32-1024).")
 @click.option("--out", type=click.Path(path_type=Path), default=None,
               help="New store (default: <stem>-<size>px.zarr next to PATH).")
@@ -142,3 +128,9 @@ def rerender(path, image_size, out, overwrite):
 
     written = rerender_store(path, image_size, out, overwrite=overwrite)
     click.echo(f"wrote {written}")
+
+
+# Exchange with other tools (export to / import from D4RL, Minari, V-D4RL, d3rlpy) lives in its own module.
+from .interop_cli import export  # noqa: E402
+
+datasets.add_command(export)
