@@ -36,6 +36,7 @@ from .augment import random_shift
 from .base import Algorithm, DataSpec, Policy
 from .encoders import ObservationEncoder
 from .networks import TanhGaussianActor
+from .precision import DEFAULT_PRECISION, autocast, check_precision
 
 
 @dataclass
@@ -50,8 +51,10 @@ class BCConfig:
     actor_layers: int = 4
     augment_pad: int = 4  # random shift of up to this many pixels; 0: no augmentation
     action_eps: float = 1e-4  # dataset actions are clipped to (-1 + eps, 1 - eps) for the tanh log-prob
+    precision: str = DEFAULT_PRECISION  # "bf16": the fast path (precision.py); "fp32" turns it off
 
     def __post_init__(self):
+        check_precision(self.precision)
         for name in ("steps", "batch_size", "encoder_depth", "actor_hidden"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
@@ -77,13 +80,14 @@ def to_tensors(obs: dict, device) -> dict[str, torch.Tensor]:
 
 
 class BCPolicy(Policy):
-    def __init__(self, encoder: ObservationEncoder, actor: TanhGaussianActor, device):
-        self.encoder, self.actor, self.device = encoder, actor, device
+    def __init__(self, encoder: ObservationEncoder, actor: TanhGaussianActor, device, precision: str = DEFAULT_PRECISION):
+        self.encoder, self.actor, self.device, self.precision = encoder, actor, device, precision
 
     @torch.no_grad()
     def act(self, obs: dict[str, np.ndarray]) -> np.ndarray:
         batch = to_tensors({k: v[None] for k, v in obs.items() if k in ("image", "proprio")}, self.device)
-        action = self.actor.mode(self.encoder(batch))
+        with autocast(self.precision, self.device):
+            action = self.actor.mode(self.encoder(batch))
         return action[0].float().cpu().numpy()
 
 
@@ -117,21 +121,23 @@ class BC(Algorithm):
         return self.config.steps
 
     def update(self, obs: dict[str, torch.Tensor], action: torch.Tensor) -> dict[str, torch.Tensor]:
-        """One gradient step on a batch already on the device. Metrics stay on the device."""
+        """One gradient step on a batch already on the device, under the config's precision
+        (the loss is fp32 either way). Metrics stay on the device."""
         cfg = self.config
         if cfg.augment_pad > 0:
             obs = {**obs, "image": random_shift(obs["image"], cfg.augment_pad, generator=self.augment_gen)}
-        features = self.encoder(obs)
         target = action.float().clamp(-1 + cfg.action_eps, 1 - cfg.action_eps)
-        log_prob = self.actor.log_prob(features, target)
-        loss = -log_prob.mean()
+        with autocast(cfg.precision, self.device):
+            features = self.encoder(obs)
+            log_prob = self.actor.log_prob(features, target)
+        loss = -log_prob.float().mean()
         self.optim.zero_grad(set_to_none=True)
         loss.backward()
         grad_norm = torch.nn.utils.clip_grad_norm_(self.params, cfg.grad_clip)
         self.optim.step()
         self._gradient_steps += 1
-        with torch.no_grad():
-            action_mse = (self.actor.mode(features.detach()) - target).pow(2).mean()
+        with torch.no_grad(), autocast(cfg.precision, self.device):
+            action_mse = (self.actor.mode(features.detach()).float() - target).pow(2).mean()
         return {"bc_loss": loss.detach(), "action_mse": action_mse, "grad_norm": grad_norm.detach()}
 
     def _load_batch(self, dataset, step: int) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
@@ -173,11 +179,12 @@ class BC(Algorithm):
     @torch.no_grad()
     def action_error(self, obs: dict[str, np.ndarray], action: np.ndarray) -> float:
         """Mean squared error of the deterministic policy's actions against `action`."""
-        predicted = self.actor.mode(self.encoder(to_tensors(obs, self.device)))
+        with autocast(self.config.precision, self.device):
+            predicted = self.actor.mode(self.encoder(to_tensors(obs, self.device))).float()
         return float((predicted.cpu() - torch.as_tensor(action, dtype=torch.float32)).pow(2).mean())
 
     def policy(self) -> Policy:
-        return BCPolicy(self.encoder, self.actor, self.device)
+        return BCPolicy(self.encoder, self.actor, self.device, self.config.precision)
 
     def state_dict(self) -> dict:
         return {"encoder": self.encoder.state_dict(), "actor": self.actor.state_dict(),

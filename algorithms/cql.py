@@ -48,6 +48,7 @@ from .bc import to_tensors
 from .agents import SAC, SACBatch, SACConfig
 from .encoders import ObservationEncoder
 from .networks import TwinQ, soft_update
+from .precision import DEFAULT_PRECISION, autocast, check_precision
 
 
 @dataclass
@@ -74,8 +75,10 @@ class CQLConfig:
     critic_hidden: int = 256
     critic_layers: int = 3
     augment_pad: int = 4  # random shift of up to this many pixels; 0: no augmentation
+    precision: str = DEFAULT_PRECISION  # "bf16": the fast path (precision.py); "fp32" turns it off
 
     def __post_init__(self):
+        check_precision(self.precision)
         for name in ("steps", "batch_size", "cql_num_actions", "encoder_depth", "actor_hidden", "critic_hidden"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
@@ -113,19 +116,21 @@ def q_for_actions(critic: TwinQ, features: torch.Tensor, actions: torch.Tensor) 
     weight = first.weight.to(features.dtype)  # (2, F + A, H)
     per_state = torch.matmul(features, weight[:, :f])  # (2, B, H)
     per_action = torch.matmul(actions.reshape(1, b * n, a).to(features.dtype), weight[:, f:])  # (2, B*N, H)
-    hidden = (per_action.reshape(2, b, n, -1) + per_state[:, :, None] + first.bias[:, :, None]).reshape(2, b * n, -1)
+    bias = first.bias.to(per_state.dtype)[:, :, None]
+    hidden = (per_action.reshape(2, b, n, -1) + per_state[:, :, None] + bias).reshape(2, b * n, -1)
     q = rest(hidden).squeeze(-1).reshape(2, b, n)
     return q[0], q[1]
 
 
 class CQLPolicy(Policy):
-    def __init__(self, encoder: ObservationEncoder, actor, device):
-        self.encoder, self.actor, self.device = encoder, actor, device
+    def __init__(self, encoder: ObservationEncoder, actor, device, precision: str = DEFAULT_PRECISION):
+        self.encoder, self.actor, self.device, self.precision = encoder, actor, device, precision
 
     @torch.no_grad()
     def act(self, obs: dict[str, np.ndarray]) -> np.ndarray:
         batch = to_tensors({k: v[None] for k, v in obs.items() if k in ("image", "proprio")}, self.device)
-        return self.actor.mode(self.encoder(batch))[0].float().cpu().numpy()
+        with autocast(self.precision, self.device):
+            return self.actor.mode(self.encoder(batch))[0].float().cpu().numpy()
 
 
 @register
@@ -188,7 +193,12 @@ class CQL(Algorithm):
 
     def update(self, obs: dict[str, torch.Tensor], action: torch.Tensor, reward: torch.Tensor,
                next_obs: dict[str, torch.Tensor], terminal: torch.Tensor) -> dict[str, torch.Tensor]:
-        """One CQL iteration on a batch already on the device. Metrics stay on the device."""
+        """One CQL iteration on a batch already on the device, under the config's precision.
+        Metrics stay on the device."""
+        with autocast(self.config.precision, self.device):
+            return self._update(obs, action, reward, next_obs, terminal)
+
+    def _update(self, obs, action, reward, next_obs, terminal) -> dict[str, torch.Tensor]:
         cfg = self.config
         if cfg.augment_pad > 0:
             obs = {**obs, "image": random_shift(obs["image"], cfg.augment_pad, generator=self.augment_gen)}
@@ -223,12 +233,14 @@ class CQL(Algorithm):
     @torch.no_grad()
     def q_values(self, obs: dict[str, np.ndarray], actions: np.ndarray) -> np.ndarray:
         """min(Q1, Q2) of `actions` (B, N, A) at observations `obs` (batch B), no augmentation. (B, N)."""
-        features = self.encoder(to_tensors(obs, self.device))
-        q1, q2 = q_for_actions(self.sac.critic, features, torch.as_tensor(actions, dtype=torch.float32, device=self.device))
-        return torch.min(q1, q2).cpu().numpy()
+        with autocast(self.config.precision, self.device):
+            features = self.encoder(to_tensors(obs, self.device))
+            q1, q2 = q_for_actions(self.sac.critic, features,
+                                   torch.as_tensor(actions, dtype=torch.float32, device=self.device))
+        return torch.min(q1, q2).float().cpu().numpy()
 
     def policy(self) -> Policy:
-        return CQLPolicy(self.encoder, self.sac.actor, self.device)
+        return CQLPolicy(self.encoder, self.sac.actor, self.device, self.config.precision)
 
     def state_dict(self) -> dict:
         return {"encoder": self.encoder.state_dict(), "encoder_target": self.encoder_target.state_dict(),

@@ -105,7 +105,14 @@ class ConvDecoder(nn.Module):
 
     Dense projection to a (32 * depth, 1, 1) map, then the transposed convolutions of
     `decoder_layout`. Training uses a unit-variance Gaussian likelihood around this mean,
-    compared against `preprocess_images(target)`; `to_uint8` turns a mean into a frame."""
+    compared against `preprocess_images(target)`; `to_uint8` turns a mean into a frame.
+
+    The layers are built as Dreamer builds them (`self.net`, so the state dict is Dreamer's
+    layout and old checkpoints load with the same meaning), but `forward` computes the same
+    function faster: the first transposed convolution sees a 1x1 map, where it *is* a matrix
+    product (out[o, y, x] = sum_c in[c] * W[c, o, y, x] + b[o]), and the maps run channels-last,
+    the layout oneDNN's convolutions want. `reference_forward` runs the layers as constructed
+    (what the fast path is tested and benchmarked against)."""
 
     def __init__(self, feature_dim: int, image_size: int, depth: int = 32, act: str = "relu"):
         super().__init__()
@@ -122,13 +129,35 @@ class ConvDecoder(nn.Module):
         self.net = nn.Sequential(*layers)
         self.decoded_size = size  # equals image_size for powers of two
 
-    def forward(self, features: torch.Tensor) -> torch.Tensor:
-        batch_shape = features.shape[:-1]
-        x = self.project(features).reshape(-1, self.embed_channels, 1, 1)
-        x = self.net(x)
+    def _first_layer_as_matmul(self, x: torch.Tensor) -> torch.Tensor:
+        """net[0] on a (N, C) 1x1 map as one matmul -> (N, O, k, k) channels-last. Exact unless
+        padding crops the k x k output (never for `decoder_layout`'s first layer)."""
+        first = self.net[0]
+        c, o, kh, kw = first.weight.shape
+        if first.padding != (0, 0):
+            return first(x.reshape(-1, c, 1, 1)).contiguous(memory_format=torch.channels_last)
+        # Weight (C, O, kh, kw) -> rows (kh, kw, O): the product lands directly in channels-last order.
+        weight = first.weight.permute(2, 3, 1, 0).reshape(kh * kw * o, c)
+        y = F.linear(x, weight, first.bias.repeat(kh * kw))
+        return y.reshape(-1, kh, kw, o).permute(0, 3, 1, 2)  # (N, O, kh, kw), channels-last strides
+
+    def _finish(self, x: torch.Tensor, batch_shape) -> torch.Tensor:
         if self.decoded_size != self.image_size:
             x = F.interpolate(x, size=(self.image_size, self.image_size), mode="bilinear", align_corners=False)
         return x.reshape(*batch_shape, 3, self.image_size, self.image_size)
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        batch_shape = features.shape[:-1]
+        x = self._first_layer_as_matmul(self.project(features).reshape(-1, self.embed_channels))
+        x = self.net[1:](x)
+        return self._finish(x, batch_shape)
+
+    def reference_forward(self, features: torch.Tensor) -> torch.Tensor:
+        """The decoder exactly as constructed: the projection to a 1x1 map and every transposed
+        convolution as a layer, contiguous (NCHW) maps."""
+        batch_shape = features.shape[:-1]
+        x = self.project(features).reshape(-1, self.embed_channels, 1, 1)
+        return self._finish(self.net(x), batch_shape)
 
     @staticmethod
     def to_uint8(mean: torch.Tensor) -> torch.Tensor:

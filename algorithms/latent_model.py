@@ -32,6 +32,11 @@ the reward head over the K heads' samples; the disagreement penalty (`penalty` s
   - "max_var": the largest (over heads) L2 norm of a head's std vector (MOPO's max aleatoric);
   - "mean": the largest (over heads) L2 distance of a head's mean from the ensemble mean.
 Penalised reward = mean reward - lambda * penalty. All of it stays on the device: no host syncs.
+
+Precision (`precision.py`): every method runs under bf16 autocast on the fast path. The state
+(h, z) stays fp32 between steps, the layers producing Gaussian parameters and rewards are fp32
+output layers, and the KL, log-probabilities and likelihoods are computed in fp32; the bodies
+(conv encoder/decoder, pre-GRU layer, GRU gates, hidden layers) run in bf16.
 """
 
 from __future__ import annotations
@@ -106,12 +111,13 @@ class LatentModel(nn.Module):
         self.gru = nn.GRUCell(hidden, deter)
         # K forward heads: hidden layer + Gaussian parameters, batched over heads.
         self.prior_hidden = EnsembleLinear(heads, deter, hidden)
-        self.prior_out = EnsembleLinear(heads, hidden, 2 * stoch)
+        self.prior_out = EnsembleLinear(heads, hidden, 2 * stoch, fp32=True)
         # Inference network on [h_t, e_t].
-        self.posterior = mlp(deter + self.encoder.out_dim, 2 * stoch, hidden, 1, act="elu")
+        self.posterior = mlp(deter + self.encoder.out_dim, 2 * stoch, hidden, 1, act="elu", fp32_out=True)
         self.decoder = ConvDecoder(self.feature_dim, int(image_shape[0]), depth=depth)
-        self.reward_head = mlp(self.feature_dim, 1, reward_hidden, reward_layers, act="elu")
-        self.proprio_head = (mlp(self.feature_dim, self.proprio_dim, hidden, 2, act="elu") if self.proprio_dim else None)
+        self.reward_head = mlp(self.feature_dim, 1, reward_hidden, reward_layers, act="elu", fp32_out=True)
+        self.proprio_head = (mlp(self.feature_dim, self.proprio_dim, hidden, 2, act="elu", fp32_out=True)
+                             if self.proprio_dim else None)
 
     # ----------------------------------------------------------------------------------------
     # Building blocks
@@ -125,9 +131,9 @@ class LatentModel(nn.Module):
         return self.encoder(obs)
 
     def deter_step(self, state: LatentState, action: torch.Tensor) -> torch.Tensor:
-        """The shared GRU: (z_{t-1}, h_{t-1}, a_t) -> h_t."""
+        """The shared GRU: (z_{t-1}, h_{t-1}, a_t) -> h_t (fp32; the gates' matmuls follow autocast)."""
         x = self.pre_gru(torch.cat([state.stoch, action.to(state.stoch.dtype)], -1))
-        return self.gru(x, state.deter)
+        return self.gru(x, state.deter).float()
 
     def priors(self, deter: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """All K heads at once: deter (..., D) -> means, stds (K, ..., S), in float32."""
@@ -153,7 +159,7 @@ class LatentModel(nn.Module):
         deter = self.deter_step(state, action)
         mean, std = self.posterior_dist(deter, embed)
         stoch = mean + std * torch.randn_like(std) if sample else mean
-        return LatentState(deter, stoch.to(deter.dtype)), (mean, std)
+        return LatentState(deter, stoch), (mean, std)
 
     def observe(self, embed: torch.Tensor, action: torch.Tensor, is_first: torch.Tensor,
                 state: Optional[LatentState] = None, sample: bool = True):

@@ -3,9 +3,12 @@
 Nothing here knows about a particular method. Images live in `encoders.py`, agents (SAC and
 the deterministic actor-critic) in `agents.py`.
 
-`mlp(in_dim, out_dim, hidden, layers, act)`: `layers` hidden layers of width `hidden`.
-`EnsembleLinear(members, in_dim, out_dim)`: K independent linear layers applied in one
-batched matmul (used by the twin critic and by the latent model's K forward heads).
+`mlp(in_dim, out_dim, hidden, layers, act, fp32_out=False)`: `layers` hidden layers of width `hidden`.
+`EnsembleLinear(members, in_dim, out_dim, fp32=False)`: K independent linear layers applied in
+one batched matmul (used by the twin critic and by the latent model's K forward heads).
+Under the bf16 fast path (`precision.py`) bodies run in bf16 and every output layer that feeds
+a loss at full scale (Q values, the actor's mean/log_std) is built with `fp32_out=True`: it
+computes in fp32 and returns fp32, whatever the autocast.
 `TanhGaussianActor`: SAC's squashed Gaussian policy (`sample`, `log_prob`, `mode`).
 `TwinQ`: two Q networks evaluated together in one batched matmul.
 """
@@ -18,6 +21,8 @@ from typing import Optional
 import torch
 from torch import nn
 from torch.nn import functional as F
+
+from .precision import Fp32Linear
 
 ACTIVATIONS = {"relu": nn.ReLU, "elu": nn.ELU, "silu": nn.SiLU, "tanh": nn.Tanh, "leaky_relu": nn.LeakyReLU}
 
@@ -36,15 +41,16 @@ def activation(name: str) -> nn.Module:
 
 
 def mlp(in_dim: int, out_dim: int, hidden: int = 256, layers: int = 2, act: str = "elu",
-        out_act: Optional[str] = None) -> nn.Sequential:
+        out_act: Optional[str] = None, fp32_out: bool = False) -> nn.Sequential:
     """`layers` hidden layers of width `hidden` with `act`, then a linear output layer.
 
-    "Critic 3 x 256" in the paper is `mlp(in, 1, 256, 3)`; `layers=0` is a single linear map."""
+    "Critic 3 x 256" in the paper is `mlp(in, 1, 256, 3)`; `layers=0` is a single linear map.
+    `fp32_out`: the output layer is an `Fp32Linear` (same parameters and state-dict keys)."""
     dims = [in_dim] + [hidden] * layers
     modules: list[nn.Module] = []
     for a, b in zip(dims[:-1], dims[1:]):
         modules += [nn.Linear(a, b), activation(act)]
-    modules.append(nn.Linear(dims[-1], out_dim))
+    modules.append((Fp32Linear if fp32_out else nn.Linear)(dims[-1], out_dim))
     if out_act is not None:
         modules.append(activation(out_act))
     return nn.Sequential(*modules)
@@ -53,29 +59,35 @@ def mlp(in_dim: int, out_dim: int, hidden: int = 256, layers: int = 2, act: str 
 class EnsembleLinear(nn.Module):
     """K independent linear layers evaluated as one batched matmul.
 
-    Input (K, N, in_dim) -> (K, N, out_dim). Each member is initialised like `nn.Linear`."""
+    Input (K, N, in_dim) -> (K, N, out_dim). Each member is initialised like `nn.Linear`.
+    `fp32=True` makes it an output layer of the fast path: fp32 compute and result inside bf16
+    autocast (same parameters either way)."""
 
-    def __init__(self, members: int, in_dim: int, out_dim: int):
+    def __init__(self, members: int, in_dim: int, out_dim: int, fp32: bool = False):
         super().__init__()
-        self.members, self.in_dim, self.out_dim = members, in_dim, out_dim
+        self.members, self.in_dim, self.out_dim, self.fp32 = members, in_dim, out_dim, fp32
         bound = 1.0 / math.sqrt(in_dim)
         self.weight = nn.Parameter(torch.empty(members, in_dim, out_dim).uniform_(-bound, bound))
         self.bias = nn.Parameter(torch.empty(members, 1, out_dim).uniform_(-bound, bound))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.fp32:
+            with torch.autocast(device_type=x.device.type, enabled=False):
+                return torch.baddbmm(self.bias, x.float(), self.weight)
         return torch.baddbmm(self.bias.to(x.dtype), x, self.weight.to(x.dtype))
 
     def extra_repr(self) -> str:
-        return f"members={self.members}, in_dim={self.in_dim}, out_dim={self.out_dim}"
+        return f"members={self.members}, in_dim={self.in_dim}, out_dim={self.out_dim}" + (", fp32" if self.fp32 else "")
 
 
-def ensemble_mlp(members: int, in_dim: int, out_dim: int, hidden: int, layers: int, act: str = "elu") -> nn.Sequential:
+def ensemble_mlp(members: int, in_dim: int, out_dim: int, hidden: int, layers: int, act: str = "elu",
+                 fp32_out: bool = False) -> nn.Sequential:
     """`mlp` with K independent members: (K, N, in_dim) -> (K, N, out_dim)."""
     dims = [in_dim] + [hidden] * layers
     modules: list[nn.Module] = []
     for a, b in zip(dims[:-1], dims[1:]):
         modules += [EnsembleLinear(members, a, b), activation(act)]
-    modules.append(EnsembleLinear(members, dims[-1], out_dim))
+    modules.append(EnsembleLinear(members, dims[-1], out_dim, fp32=fp32_out))
     return nn.Sequential(*modules)
 
 
@@ -90,7 +102,7 @@ class TanhGaussianActor(nn.Module):
 
     def __init__(self, in_dim: int, action_dim: int, hidden: int = 256, layers: int = 4, act: str = "relu"):
         super().__init__()
-        self.net = mlp(in_dim, 2 * action_dim, hidden, layers, act)
+        self.net = mlp(in_dim, 2 * action_dim, hidden, layers, act, fp32_out=True)  # mean, log_std in fp32
         self.action_dim = action_dim
 
     def forward(self, features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -128,7 +140,7 @@ class TwinQ(nn.Module):
 
     def __init__(self, in_dim: int, action_dim: int, hidden: int = 256, layers: int = 3, act: str = "relu"):
         super().__init__()
-        self.net = ensemble_mlp(2, in_dim + action_dim, 1, hidden, layers, act)
+        self.net = ensemble_mlp(2, in_dim + action_dim, 1, hidden, layers, act, fp32_out=True)  # Q in fp32
 
     def forward(self, features: torch.Tensor, action: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         x = torch.cat([features, action.to(features.dtype)], -1)

@@ -67,6 +67,7 @@ from .bc import to_tensors
 from .agents import SAC, SACBatch, SACConfig
 from .encoders import ConvDecoder, ObservationEncoder, image_log_likelihood
 from .networks import mlp
+from .precision import DEFAULT_PRECISION, autocast, check_precision
 
 
 @dataclass
@@ -96,8 +97,10 @@ class SLACConfig:
     critic_layers: int = 2
     grad_clip: float = 100.0
     augment_pad: int = 0  # random shift of model/agent windows (whole window moves as one); SLAC: none
+    precision: str = DEFAULT_PRECISION  # "bf16": the fast path (precision.py); "fp32" turns it off
 
     def __post_init__(self):
+        check_precision(self.precision)
         for name in ("sequence_length", "model_batch_size", "rl_batch_size", "z1_dim", "z2_dim", "model_hidden",
                      "encoder_depth", "actor_hidden", "critic_hidden"):
             if getattr(self, name) < 1:
@@ -122,11 +125,12 @@ PROFILE_SCALING = {
 
 
 class GaussianHead(nn.Module):
-    """Inputs (concatenated) -> diagonal Gaussian; std = softplus(.) + 1e-5 (SLAC)."""
+    """Inputs (concatenated) -> diagonal Gaussian; std = softplus(.) + 1e-5 (SLAC). The output
+    layer is fp32 (the fast path keeps means, stds and so every KL and log-prob in fp32)."""
 
     def __init__(self, in_dim: int, out_dim: int, hidden: int, layers: int):
         super().__init__()
-        self.net = mlp(in_dim, 2 * out_dim, hidden, layers, act="leaky_relu")
+        self.net = mlp(in_dim, 2 * out_dim, hidden, layers, act="leaky_relu", fp32_out=True)
 
     def forward(self, *inputs: torch.Tensor) -> Normal:
         mean, raw_std = self.net(torch.cat(inputs, -1)).chunk(2, -1)
@@ -148,7 +152,7 @@ class SLACModel(nn.Module):
         self.z2_transition = GaussianHead(z1 + z2 + a, z2, h, n)  # p(z2_t+1 | z1_t+1, z2_t, a) = q(...)
         self.reward = GaussianHead(2 * (z1 + z2) + a, 1, h, n)  # p(r | z_t, a, z_t+1)
         self.decoder = ConvDecoder(z1 + z2, spec.image_shape[0], depth=cfg.encoder_depth)
-        self.proprio_decoder = mlp(z1 + z2, spec.proprio_dim, h, n) if spec.proprio_dim else None
+        self.proprio_decoder = mlp(z1 + z2, spec.proprio_dim, h, n, fp32_out=True) if spec.proprio_dim else None
         self.image_scale = 1.0 / cfg.decoder_std**2
 
     def posterior(self, features: torch.Tensor, actions: torch.Tensor):
@@ -211,8 +215,9 @@ def history_at(features: torch.Tensor, actions: torch.Tensor, end: torch.Tensor,
 class SLACPolicy(Policy):
     """Acts on the history of the last tau frames' features and the actions between them."""
 
-    def __init__(self, encoder: ObservationEncoder, actor, sequence_length: int, action_dim: int, device):
-        self.encoder, self.actor, self.device = encoder, actor, device
+    def __init__(self, encoder: ObservationEncoder, actor, sequence_length: int, action_dim: int, device,
+                 precision: str = DEFAULT_PRECISION):
+        self.encoder, self.actor, self.device, self.precision = encoder, actor, device, precision
         self.tau, self.action_dim = sequence_length, action_dim
         self.reset()
 
@@ -223,6 +228,10 @@ class SLACPolicy(Policy):
 
     @torch.no_grad()
     def act(self, obs: dict[str, np.ndarray]) -> np.ndarray:
+        with autocast(self.precision, self.device):
+            return self._act(obs)
+
+    def _act(self, obs: dict[str, np.ndarray]) -> np.ndarray:
         f = self.encoder(to_tensors({k: v[None] for k, v in obs.items() if k in ("image", "proprio")}, self.device))
         if self.last_action is None:  # first step: pad with the first frame and zero actions
             self.features.extend([f] * self.tau)
@@ -282,7 +291,8 @@ class SLAC(Algorithm):
         return {k: batch[k] for k in ("image", "proprio") if k in batch}
 
     def update_model(self, batch: dict) -> dict[str, torch.Tensor]:
-        loss, _, metrics = self.model.loss(self._obs(batch), batch["action"], batch["reward"])
+        with autocast(self.config.precision, self.device):
+            loss, _, metrics = self.model.loss(self._obs(batch), batch["action"], batch["reward"])
         self.model_optim.zero_grad(set_to_none=True)
         loss.backward()
         metrics["model_grad_norm"] = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.config.grad_clip).detach()
@@ -292,7 +302,8 @@ class SLAC(Algorithm):
     @torch.no_grad()
     def model_loss(self, batch: dict) -> float:
         """Negative ELBO of a batch of windows (from `sample`), without updating anything."""
-        return float(self.model.loss(self._obs(batch), batch["action"], batch["reward"])[0])
+        with autocast(self.config.precision, self.device):
+            return float(self.model.loss(self._obs(batch), batch["action"], batch["reward"])[0])
 
     def agent_batch(self, batch: dict) -> SACBatch:
         """The SAC batch of a window batch: transition k -> k + 1 with k = tau - 1 (the window's
@@ -301,7 +312,7 @@ class SLAC(Algorithm):
         the start of an episode (`history_at`), so the policy has trained on what it sees
         during the first tau - 1 steps of every evaluation episode."""
         tau = self.config.sequence_length
-        with torch.no_grad():  # the model is a fixed filter for the agent's update
+        with torch.no_grad(), autocast(self.config.precision, self.device):  # the model is a fixed filter here
             features = self.model.encoder(self._obs(batch))
             z, _ = self.model.posterior(features, batch["action"])
         b, device = features.shape[0], features.device
@@ -317,7 +328,8 @@ class SLAC(Algorithm):
                         next_actor_obs=history_at(features, actions, k + 1, tau))
 
     def update_agent(self, batch: dict) -> dict[str, torch.Tensor]:
-        return self.sac.update(self.agent_batch(batch))
+        with autocast(self.config.precision, self.device):
+            return self.sac.update(self.agent_batch(batch))
 
     def train_step(self, dataset, step: int) -> dict[str, float]:
         cfg = self.config
@@ -329,7 +341,7 @@ class SLAC(Algorithm):
 
     def policy(self) -> Policy:
         return SLACPolicy(self.model.encoder, self.sac.actor, self.config.sequence_length, self.spec.action_dim,
-                          self.device)
+                          self.device, self.config.precision)
 
     @torch.no_grad()
     def sample_figures(self, dataset, out_dir) -> list:
@@ -343,8 +355,9 @@ class SLAC(Algorithm):
 
         batch = self.sample(dataset, 1)
         obs = self._obs(batch)
-        z, _ = self.model.posterior(self.model.encoder(obs), batch["action"])
-        recon = ConvDecoder.to_uint8(self.model.decoder(z))[0].cpu().numpy()
+        with autocast(self.config.precision, self.device):
+            z, _ = self.model.posterior(self.model.encoder(obs), batch["action"])
+            recon = ConvDecoder.to_uint8(self.model.decoder(z))[0].cpu().numpy()
         real = obs["image"][0].cpu().numpy()
         length = real.shape[0]
         fig, axes = plt.subplots(2, length, figsize=(1.2 * length, 2.6), squeeze=False)

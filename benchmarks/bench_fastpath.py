@@ -1,0 +1,222 @@
+"""The CPU fast path against the reference implementation, side by side in one process.
+
+Reference: fp32 everywhere and the decoder run as Dreamer's layers are constructed
+(`ConvDecoder.reference_forward`: the projection to a 1x1 map, every transposed convolution
+as a layer, NCHW maps). Fast path (the default, `precision="bf16"`): bf16 autocast for the
+bodies with fp32 output layers and losses, the decoder's first transposed convolution as the
+matrix product it is on a 1x1 map, channels-last maps (algorithms/precision.py, encoders.py).
+
+Timed, at the `cpu` profile's sizes and walker's 64 px frames, on random inputs (speed does
+not depend on the pixels):
+  - the LOMPO latent-model step (16 x 32 windows, depth 16): loss, backward, clip, Adam;
+  - the latent SAC update (`agents.SAC`, 128 real + 128 latent features);
+  - the CQL and BC pixel updates (`CQL.update`, `BC.update`, the cpu profile's batch 64);
+  - the model step's FLOPs (torch.utils.flop_counter, forward + backward) and the GFLOP/s the
+    fast path achieves, as a fraction of a bf16 (and an fp32) matmul timed in the same run.
+Rounds interleave every contender (reference, fast, reference, fast, ...) and each figure is
+the median over rounds, so both sides get the same share of whatever else the machine runs.
+
+    python benchmarks/bench_fastpath.py [--quick] [--rounds 5] [--threads 1]
+Writes bench-output/bench_fastpath.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+ACTION_DIM = 6  # walker
+IMAGE_SIZE = 64  # walker at the paper's and the cpu profile's size
+PRECISIONS = {"reference": "fp32", "fast": "bf16"}
+
+
+def walker_spec():
+    from lompo_bench.algorithms.base import DataSpec
+
+    return DataSpec(env="walker", image_shape=(IMAGE_SIZE, IMAGE_SIZE, 3), proprio_dim=0, action_dim=ACTION_DIM,
+                    horizon=500, action_repeat=2)
+
+
+def lompo_cpu_config():
+    from lompo_bench.algorithms.lompo import LOMPO
+
+    return LOMPO.config_for("cpu", walker_spec())
+
+
+def model_step(kind: str, seed: int = 0):
+    """A closure doing one latent-model gradient step as LOMPO's model phase does, and the
+    model. `kind` "reference" runs the decoder's layers as constructed, in fp32."""
+    from lompo_bench.algorithms import precision
+    from lompo_bench.algorithms.latent_model import LatentModel
+
+    c, spec = lompo_cpu_config(), walker_spec()
+    torch.manual_seed(seed)
+    model = LatentModel(spec.image_shape, spec.proprio_dim, spec.action_dim, depth=c.depth, deter=c.deter,
+                        stoch=c.stoch, hidden=c.hidden, heads=c.heads, reward_hidden=c.reward_hidden,
+                        free_nats=c.free_nats, kl_balance=c.kl_balance)
+    if kind == "reference":
+        model.decoder.forward = model.decoder.reference_forward  # the original layer construction
+    optim = torch.optim.Adam(model.parameters(), lr=c.model_lr, eps=c.model_eps)
+    rng = np.random.default_rng(seed)
+    b, l = c.model_batch, c.model_length
+    batch = {"image": torch.from_numpy(rng.integers(0, 256, (b, l, IMAGE_SIZE, IMAGE_SIZE, 3), dtype=np.uint8)),
+             "action": torch.from_numpy(rng.uniform(-1, 1, (b, l, ACTION_DIM)).astype(np.float32)),
+             "reward": torch.from_numpy(rng.uniform(0, 1, (b, l)).astype(np.float32)),
+             "is_first": torch.from_numpy(np.arange(l)[None].repeat(b, 0) == 0)}
+
+    def step():
+        with precision.autocast(PRECISIONS[kind]):
+            loss, _, _ = model.loss(batch)
+        optim.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), c.model_grad_clip)
+        optim.step()
+
+    return step, model, batch
+
+
+def sac_update(kind: str):
+    from lompo_bench.algorithms import precision
+    from lompo_bench.algorithms.agents import SAC, SACBatch, SACConfig
+
+    c = lompo_cpu_config()
+    torch.manual_seed(0)
+    feature_dim, n = c.stoch + c.deter, 2 * c.agent_batch
+    sac = SAC(feature_dim, ACTION_DIM, SACConfig.from_config(c))
+    g = torch.Generator().manual_seed(0)
+    batch = SACBatch(obs=torch.randn(n, feature_dim, generator=g), action=torch.rand(n, ACTION_DIM, generator=g) * 2 - 1,
+                     reward=torch.rand(n, generator=g), next_obs=torch.randn(n, feature_dim, generator=g),
+                     not_done=torch.ones(n))
+
+    def step():
+        with precision.autocast(PRECISIONS[kind]):
+            sac.update(batch)
+
+    return step
+
+
+def pixel_batch(batch: int, seed: int = 0):
+    rng = np.random.default_rng(seed)
+    frames = lambda: torch.from_numpy(rng.integers(0, 256, (batch, IMAGE_SIZE, IMAGE_SIZE, 3), dtype=np.uint8))
+    return ({"image": frames()}, torch.from_numpy(rng.uniform(-1, 1, (batch, ACTION_DIM)).astype(np.float32)),
+            torch.from_numpy(rng.normal(size=batch).astype(np.float32)), {"image": frames()}, torch.zeros(batch))
+
+
+def cql_update(kind: str):
+    from lompo_bench.algorithms.cql import CQL
+
+    config = CQL.config_for("cpu", walker_spec())
+    config = type(config)(**{**config.__dict__, "precision": PRECISIONS[kind]})
+    cql = CQL(config, walker_spec(), seed=0)
+    obs, action, reward, next_obs, terminal = pixel_batch(config.batch_size)
+    return lambda: cql.update(obs, action, reward, next_obs, terminal)
+
+
+def bc_update(kind: str):
+    from lompo_bench.algorithms.bc import BC
+
+    config = BC.config_for("cpu", walker_spec())
+    config = type(config)(**{**config.__dict__, "precision": PRECISIONS[kind]})
+    bc = BC(config, walker_spec(), seed=0)
+    obs, action, *_ = pixel_batch(config.batch_size)
+    return lambda: bc.update(obs, action)
+
+
+def matmul_rate(dtype: torch.dtype, n: int = 1024, reps: int = 8) -> float:
+    """GFLOP/s of an n x n x n matmul in `dtype` (best of `reps`)."""
+    a, b = torch.randn(n, n).to(dtype), torch.randn(n, n).to(dtype)
+    torch.mm(a, b)
+    best = float("inf")
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        torch.mm(a, b)
+        best = min(best, time.perf_counter() - t0)
+    return 2 * n**3 / best / 1e9
+
+
+def count_flops(step) -> int:
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with FlopCounterMode(display=False) as counter:
+        step()
+    return counter.get_total_flops()
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--quick", action="store_true", help="3 rounds of fewer iterations (about 1-2 min)")
+    parser.add_argument("--rounds", type=int, default=None, help="interleaved rounds (default 5; --quick 3)")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch CPU threads (default 1; more only on an idle machine: on shared cores extra "
+                             "threads spin-wait and run many times slower)")
+    parser.add_argument("--out", default=str(ROOT / "bench-output" / "bench_fastpath.json"))
+    args = parser.parse_args(argv)
+    torch.set_num_threads(max(1, args.threads))
+    rounds = args.rounds or (3 if args.quick else 5)
+    # Iterations per round and contender: ~1 s of work each at the cpu sizes.
+    iters = {"model step": 1, "latent SAC update": 10 if args.quick else 20, "CQL update": 2 if args.quick else 4,
+             "BC update": 4 if args.quick else 8}
+    builders = {"model step": lambda kind: model_step(kind)[0], "latent SAC update": sac_update,
+                "CQL update": cql_update, "BC update": bc_update}
+    c = lompo_cpu_config()
+    sizes = {"model step": f"{c.model_batch}x{c.model_length} windows, depth {c.depth}, deter {c.deter}",
+             "latent SAC update": f"{c.agent_batch} real + {c.agent_batch} latent",
+             "CQL update": "batch 64, depth 32", "BC update": "batch 64, depth 32"}
+
+    print(f"building contenders ({torch.get_num_threads()} thread(s)) ...", file=sys.stderr)
+    contenders = {(name, kind): build(kind) for name, build in builders.items() for kind in PRECISIONS}
+    for update in contenders.values():  # warm-up: allocations, oneDNN primitive creation
+        update()
+        update()
+    times: dict = {key: [] for key in contenders}
+    for r in range(rounds):
+        for (name, kind), update in contenders.items():
+            t0 = time.perf_counter()
+            for _ in range(iters[name]):
+                update()
+            times[(name, kind)].append((time.perf_counter() - t0) / iters[name])
+        print(f"  round {r + 1}/{rounds}: " + ", ".join(f"{n} {k} {1e3 * t[-1]:.0f} ms" for (n, k), t in times.items()),
+              file=sys.stderr, flush=True)
+
+    flops = count_flops(model_step("fast")[0])
+    bf16_rate, fp32_rate = matmul_rate(torch.bfloat16), matmul_rate(torch.float32)
+
+    rows = []
+    for name in builders:
+        ref, fast = (statistics.median(times[(name, k)]) for k in PRECISIONS)
+        rows.append({"what": name, "sizes": sizes[name], "reference_s": ref, "fast_s": fast, "speedup": ref / fast,
+                     "reference_rounds_s": times[(name, "reference")], "fast_rounds_s": times[(name, "fast")]})
+    model = rows[0]
+    gflops = {"model_step_gflop": flops / 1e9, "reference_gflop_per_s": flops / 1e9 / model["reference_s"],
+              "fast_gflop_per_s": flops / 1e9 / model["fast_s"], "bf16_matmul_gflop_per_s": bf16_rate,
+              "fp32_matmul_gflop_per_s": fp32_rate}
+
+    print(f"\nFast path vs reference on CPU ({torch.get_num_threads()} thread(s)), cpu-profile sizes, walker 64 px; "
+          f"median of {rounds} interleaved rounds")
+    print("| update | sizes | reference (fp32) | fast path (bf16) | speedup |")
+    print("| --- | --- | --- | --- | --- |")
+    for r in rows:
+        print(f"| {r['what']} | {r['sizes']} | {1e3 * r['reference_s']:.1f} ms | {1e3 * r['fast_s']:.1f} ms "
+              f"| {r['speedup']:.2f}x |")
+    print(f"\nmodel step: {gflops['model_step_gflop']:.1f} GFLOP (forward + backward); reference "
+          f"{gflops['reference_gflop_per_s']:.0f} GFLOP/s, fast path {gflops['fast_gflop_per_s']:.0f} GFLOP/s = "
+          f"{gflops['fast_gflop_per_s'] / bf16_rate:.2f} of a bf16 matmul ({bf16_rate:.0f} GFLOP/s; fp32 matmul "
+          f"{fp32_rate:.0f} GFLOP/s)")
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps({"threads": torch.get_num_threads(), "rounds": rounds, "rows": rows, **gflops},
+                              indent=2))
+    print(f"wrote {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
