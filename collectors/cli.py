@@ -13,6 +13,7 @@ import click
 from lompo_bench.profiles import DEFAULT_PROFILE, PROFILES, check as check_profile
 
 from lompo_bench.errors import UserError
+from lompo_bench.runner import THREADS_HELP
 
 from .config import SAC_SPLITS, SPLIT_CHOICES, check_env, check_split
 
@@ -50,7 +51,7 @@ SPLIT_WRITERS = {"random": _random, "medium-replay": _sac, "medium-expert": _sac
 @click.option("--split", required=True, help=f"One of: {', '.join(SPLIT_CHOICES)}.")
 @click.option("--episodes", type=int, default=None,
               help="Episodes to write (default: the profile's dataset size in whole episodes).")
-@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of SAC, the envs and sampling (0 to 2**31-1).")
 @click.option("--out", type=click.Path(path_type=Path), default=None,
               help="Store path (*.zarr) or a folder for <split>.zarr stores "
                    "(default: $LOMPO_BENCH_HOME/datasets/[<profile>/]<env>/<split>.zarr).")
@@ -58,11 +59,16 @@ SPLIT_WRITERS = {"random": _random, "medium-replay": _sac, "medium-expert": _sac
 @click.option("--image-size", type=int, default=None, help="Frame size in pixels (default: the profile's).")
 @click.option("--codec", default=None, help="Chunk codec, e.g. lz4hc-5 (default), zstd-3, none.")
 @click.option("--overwrite", is_flag=True, help="Replace an existing finished store.")
-def collect(env, split, **opts):
+@click.option("--threads", type=int, default=1, show_default=True, help=THREADS_HELP)
+def collect(env, split, threads, **opts):
     """Collect a dataset of ENV (walker, dclaw-screw, adroit-pen, sawyer-door) into a Zarr store."""
+    from lompo_bench.runner import check_seed, set_torch_threads
+
     check_env(env)
     check_profile(opts["profile"])
     check_split(split)
+    check_seed(opts["seed"])
+    set_torch_threads(threads)
     # SAC splits first, so the random split finds the trained run's expert reference return.
     names = SAC_SPLITS + ("random",) if split == "all" else (split,)
     out = opts["out"]

@@ -8,31 +8,34 @@ import click
 
 from . import profiles
 from .errors import UserError
+from .runner import THREADS_HELP
 
 
 @click.command("run", context_settings={"help_option_names": ["-h", "--help"]})
 @click.argument("algo")
 @click.option("--env", "env", required=True, help="walker, dclaw-screw, adroit-pen or sawyer-door.")
 @click.option("--split", default=None, help="Dataset split (default medium-expert, or the --data store's own).")
-@click.option("--seed", default=0, show_default=True, type=int, help="Seed of the networks, sampling and evaluation.")
+@click.option("--seed", default=0, show_default=True, type=int,
+              help="Seed of the networks, sampling and evaluation (0 to 2**31-1).")
 @click.option("--profile", default=profiles.DEFAULT_PROFILE, show_default=True,
               help="smoke (seconds), cpu (about an hour on 2 cores) or paper (the paper's sizes; an accelerator).")
-@click.option("--data", type=click.Path(), default=None,
-              help="Dataset store to train on (default: $LOMPO_BENCH_HOME/datasets/[<profile>/]<env>/<split>.zarr).")
+@click.option("--data", default=None,
+              help="Dataset store (a path, or a URL such as https://... or s3://...) to train on (default: $LOMPO_BENCH_HOME/datasets/[<profile>/]<env>/<split>.zarr).")
 @click.option("--steps", type=int, default=None,
               help="Gradient steps in all; the algorithm's phases are scaled proportionally.")
 @click.option("--set", "settings", multiple=True, metavar="KEY=VALUE",
               help="Override a config field (repeatable); `lompo-bench algos list` shows the keys.")
 @click.option("--out", type=click.Path(), default=None,
               help="Run directory (default: $LOMPO_BENCH_HOME/runs/<algo>/<profile>/<env>/<split>/seed<N>).")
-@click.option("--eval-episodes", type=int, default=None, help="Episodes per evaluation (default 10; smoke 2).")
-@click.option("--eval-every", type=int, default=None, help="Steps between evaluations (default: 10-20 per run).")
-@click.option("--checkpoint-every", type=int, default=None, help="Steps between checkpoints (default: 20 per run).")
+@click.option("--eval-episodes", type=int, default=None, help="Episodes per evaluation, >= 1 (default 10; smoke 2).")
+@click.option("--eval-every", type=int, default=None, help="Steps between evaluations, >= 1 (default: 10-20 per run).")
+@click.option("--checkpoint-every", type=int, default=None, help="Steps between checkpoints, >= 1 (default: 20 per run).")
 @click.option("--device", default=None, help="cpu or cuda (default: cuda if available, else cpu).")
 @click.option("--overwrite", is_flag=True, help="Redo a finished run in the same run directory.")
+@click.option("--threads", type=int, default=1, show_default=True, help=THREADS_HELP)
 @click.option("--no-progress", is_flag=True, help="No progress bar (messages still go to stderr).")
 def run(algo, env, split, seed, profile, data, steps, settings, out, eval_episodes, eval_every,
-        checkpoint_every, device, overwrite, no_progress):
+        checkpoint_every, device, overwrite, threads, no_progress):
     """Train ALGO on a dataset of ENV, evaluate it in the real env from images, write result.json.
 
     Rerunning the same command resumes a killed run from its last checkpoint.
@@ -42,8 +45,9 @@ def run(algo, env, split, seed, profile, data, steps, settings, out, eval_episod
       lompo-bench run bc --env walker --profile smoke
       lompo-bench run lompo --env adroit-pen --set penalty_lambda=1.0 --seed 1
     """
-    from .runner import parse_settings, run as run_algorithm
+    from .runner import parse_settings, run as run_algorithm, set_torch_threads
 
+    set_torch_threads(threads)
     run_dir = run_algorithm(algo, env, split, seed=seed, profile=profile, data=data, steps=steps,
                             overrides=parse_settings(settings), out=out, device=device,
                             eval_episodes=eval_episodes, eval_every=eval_every,

@@ -1,23 +1,32 @@
-"""The run path: `lompo-bench run ALGO --env ENV` as a function.
+"""The run path: `lompo-bench run ALGO --env ENV` as an object a CLI, a test or a sweep drives.
 
-`run()` finds the dataset, builds the algorithm at a profile (plus `--set` overrides and a
-`--steps` budget), trains it with a progress bar, evaluates it in the real environment and
-writes a run directory:
+`Trainer(RunSettings(...), callbacks).fit()` (or the `run()` facade) finds the dataset,
+builds the algorithm at a profile (plus `--set` overrides and a `--steps` budget), trains it,
+evaluates it in the real environment and writes a run directory:
 
     config.json      written first: everything that defines the run (algorithm config,
                      dataset and its checksum, seed, profile, schedule, provenance)
     metrics.csv      training metrics averaged over each logging interval (+ TensorBoard
                      under tb/ if the `tensorboard` package is installed)
     eval.csv         one row per evaluation: step, mean/std return, normalized score, success
-    checkpoint.pt    algorithm state + runner counters + RNG states, replaced atomically
+    checkpoint.pt    algorithm state + runner counters + RNG states + callback state,
+                     replaced atomically
     learning_curve.png, and the algorithm's own figures (`sample_figures`)
     result.json      written last: what the leaderboard reads (fields: docs/interfaces.md)
+    .lock            while a process trains it (see `RunLock`)
+
+The loop is split as SB3's learn() and d3rlpy's fit() are: `Trainer.setup` (nothing
+written), `open` (lock, check, `resume` or write config.json), `train`, `evaluate`,
+`checkpoint`, `finish`, `close`. Logging, TensorBoard, the ETA and the evaluation and
+checkpoint schedules are small `Callback`s; the trainer never prints, a `ConsoleReporter`
+does (the CLI installs it; a sweep can pass its own callbacks).
 
 Resume: rerunning the same command (same run directory) continues from `checkpoint.pt` with
 the step counter, metrics and evaluation history where the checkpoint left them. Checkpoints
 are taken every `checkpoint_every` steps, at most 10 minutes apart, after each evaluation and
 on SIGINT/SIGTERM. A run directory whose `result.json` exists is finished and is never
-overwritten silently (`overwrite=True` redoes it).
+overwritten silently (`overwrite=True` redoes it). One process trains a run directory at a
+time, also across machines that share the runs folder (`RunLock`).
 
 `--steps N` sets the run's length: the algorithm's step fields (`Algorithm.step_fields`, or
 failing that its config's `steps` / `*_steps` integer fields) are scaled proportionally so
@@ -30,13 +39,16 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import datetime
 import json
 import math
 import os
 import random
 import shutil
 import signal
+import socket
 import sys
+import threading
 import time
 import types
 import typing
@@ -52,6 +64,8 @@ EVAL_EPISODES = {"smoke": 2, "cpu": 10, "paper": 10}
 EVALS_PER_RUN = {"smoke": 1, "cpu": 10, "paper": 20}  # evaluations spread over training (the last at the end)
 CHECKPOINTS_PER_RUN = 20
 CHECKPOINT_MAX_INTERVAL_S = 600.0
+LOCK_HEARTBEAT_S = 30.0  # the run lock's holder touches it this often...
+LOCK_STALE_S = 300.0  # ...and a lock untouched this long is a dead holder's (on any machine)
 PROFILE_NOTES = {
     "smoke": "smoke profile: tiny networks and a few steps to test the pipeline; scores are meaningless",
     "cpu": "cpu profile: batch, widths and steps shrunk to fit about an hour on 2 CPU cores; not the paper's scale",
@@ -98,16 +112,19 @@ def open_dataset(env: str, split: str | None, profile: str, data: str | os.PathL
         if not path.exists():
             raise UserError(f"no {profile} dataset for {env}/{split} at {path}; make it with: "
                             f"{collect_command(env, split, profile)} (or pass --data PATH)")
+    elif "://" in str(data):  # an fsspec URL (http://, s3://, ...): the store reads it as it is
+        path = str(data)
     else:
         path = Path(data).expanduser()
         if not path.exists():
-            raise UserError(f"dataset {path} does not exist; accepted: the path of a dataset store (.zarr)")
+            raise UserError(f"dataset {path} does not exist; accepted: the path of a dataset store (.zarr) "
+                            "or its URL (http://, s3://, ...)")
     dataset = Dataset.open(path)
     if dataset.env != env:
         raise UserError(f"dataset {path} is for env {dataset.env!r}, not {env!r}; pass --env {dataset.env} or another --data")
     if split is not None and dataset.split != split:
         raise UserError(f"dataset {path} is split {dataset.split!r}, not {split!r}; drop --split or pass the matching one")
-    return dataset, Path(path)
+    return dataset, path
 
 
 def default_run_dir(algo: str, profile: str, env: str, split: str, seed: int) -> Path:
@@ -328,14 +345,6 @@ class CsvLog:
         os.replace(tmp, self.path)
 
 
-def tensorboard_writer(run_dir: Path):
-    try:
-        from torch.utils.tensorboard import SummaryWriter
-    except ImportError:  # tensorboard is optional
-        return None
-    return SummaryWriter(str(run_dir / "tb"))
-
-
 def plot_learning_curve(evals: list[dict], path: Path, title: str, references=(None, None)) -> Path | None:
     """Evaluation return against training step, with the dataset's random and expert
     reference returns (the 0 and 100 of the normalized score) as dashed lines where known."""
@@ -385,12 +394,17 @@ def first_difference(saved: dict, wanted: dict, prefix: str = ""):
 
 
 def prepare_run_dir(run_dir: Path, identity: dict, overwrite: bool) -> bool:
-    """Check the run directory; returns True when a checkpoint of this same run is there to resume."""
-    if run_dir.exists() and any(run_dir.iterdir()):
+    """Check the run directory (its lock is held); returns True when a checkpoint of this same run
+    is there to resume."""
+    if not run_dir.is_dir():
+        raise UserError(f"--out {run_dir} is not a folder; accepted: a new or empty folder for the run")
+    entries = [p for p in run_dir.iterdir() if not p.name.startswith(RunLock.name)]
+    if entries:
         if not (run_dir / "config.json").exists():
             raise UserError(f"{run_dir} is not empty and holds no run (no config.json); accepted: a new or empty folder for --out")
         if overwrite:
-            shutil.rmtree(run_dir)
+            for entry in entries:  # everything but the lock, which this process holds
+                shutil.rmtree(entry) if entry.is_dir() and not entry.is_symlink() else entry.unlink()
         elif (run_dir / "result.json").exists():
             raise UserError(f"run already finished: {run_dir / 'result.json'}; pass --overwrite to redo it, or --out for a new run dir")
         else:
@@ -403,250 +417,795 @@ def prepare_run_dir(run_dir: Path, identity: dict, overwrite: bool) -> bool:
             return (run_dir / "checkpoint.pt").exists()
     return False
 
+# --------------------------------------------------------------------------------------------
+# The run lock: one trainer per run directory, across processes and machines
+
+
+class RunLocked(UserError):
+    """The run directory is being trained by another process (maybe on another machine)."""
+
+
+def _boot_id() -> str:
+    """Tells two machines (or containers) with the same host name apart, where Linux says."""
+    try:
+        return Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+    except OSError:
+        return ""
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, someone else's
+        return True
+    return True
+
+
+class RunLock:
+    """`run_dir/.lock`: who trains this run (host, boot id, pid, start time, command).
+
+    Taken by hard-linking a fully written temporary file to the lock name (atomic and
+    exclusive on local disks and NFS alike, and never seen half written). The holder touches
+    the file every `heartbeat_s` from a background thread. A lock is stale, and taken over,
+    when its holder's pid is gone on this same machine, or when its heartbeat is older than
+    `stale_after_s` (a holder on another machine that died, or a recycled pid). Taking over
+    goes through a second exclusive file (`.lock.break`), so two processes that both find the
+    same stale lock cannot both take it."""
+
+    name = ".lock"
+
+    def __init__(self, run_dir: Path, *, heartbeat_s: float = LOCK_HEARTBEAT_S, stale_after_s: float = LOCK_STALE_S):
+        self.path = Path(run_dir) / self.name
+        self.heartbeat_s, self.stale_after_s = heartbeat_s, stale_after_s
+        self.token = f"{os.getpid()}-{random.getrandbits(64):016x}"
+        self.lost = False  # set when another process took the lock from us (we looked stale)
+        self._stop = None
+        self._thread = None
+
+    # -- who holds it
+    def read(self) -> dict | None:
+        try:
+            holder = json.loads(self.path.read_text())
+            holder["heartbeat_age_s"] = max(0.0, time.time() - self.path.stat().st_mtime)
+            return holder if isinstance(holder, dict) else None
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError):  # unreadable: judged by its age alone
+            try:
+                return {"heartbeat_age_s": max(0.0, time.time() - self.path.stat().st_mtime)}
+            except OSError:
+                return None
+
+    def is_stale(self, holder: dict) -> bool:
+        if holder.get("heartbeat_age_s", 0.0) > self.stale_after_s:
+            return True
+        same_machine = holder.get("host") == socket.gethostname() and holder.get("boot_id", "") == _boot_id()
+        pid = holder.get("pid")
+        return same_machine and isinstance(pid, int) and not _pid_alive(pid)
+
+    def describe(self, holder: dict) -> str:
+        return (f"pid {holder.get('pid', '?')} on host {holder.get('host', '?')} since {holder.get('started', '?')} "
+                f"(heartbeat {holder.get('heartbeat_age_s', 0.0):.0f} s ago; lock file {self.path})")
+
+    # -- taking and giving back
+    def acquire(self) -> "RunLock":
+        content = json.dumps({"host": socket.gethostname(), "boot_id": _boot_id(), "pid": os.getpid(),
+                              "started": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+                              "command": " ".join(sys.argv)[:500], "token": self.token})
+        tmp = self.path.with_name(f"{self.name}.{self.token}.tmp")
+        tmp.write_text(content)
+        try:
+            for _ in range(5):
+                try:
+                    os.link(tmp, self.path)
+                    break
+                except FileExistsError:
+                    holder = self.read()
+                    if holder is None:
+                        continue  # released meanwhile
+                    if not self.is_stale(holder):
+                        raise RunLocked(f"{self.path.parent} is being trained by {self.describe(holder)}; "
+                                        "wait for it to finish, or delete the lock file if that process is gone")
+                    self._break(holder)
+            else:
+                raise RunLocked(f"could not take the lock {self.path}: other processes keep taking it")
+        finally:
+            tmp.unlink(missing_ok=True)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._beat, name="run-lock-heartbeat", daemon=True)
+        self._thread.start()
+        return self
+
+    def _break(self, stale: dict) -> None:
+        guard = self.path.with_name(self.name + ".break")
+        try:
+            fd = os.open(guard, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        except FileExistsError:
+            try:  # a breaker that died holding the guard: the guard is only held for microseconds
+                if time.time() - guard.stat().st_mtime > 60:
+                    guard.unlink(missing_ok=True)
+            except OSError:
+                pass
+            time.sleep(0.1)
+            return
+        try:
+            os.close(fd)
+            now = self.read()
+            if now is not None and now.get("token") == stale.get("token") and self.is_stale(now):
+                self.path.unlink(missing_ok=True)
+        finally:
+            guard.unlink(missing_ok=True)
+
+    def holds(self) -> bool:
+        holder = self.read()
+        return holder is not None and holder.get("token") == self.token
+
+    def _beat(self) -> None:
+        while not self._stop.wait(self.heartbeat_s):
+            if not self.holds():
+                self.lost = True
+                return
+            try:
+                os.utime(self.path)
+            except OSError:
+                pass
+
+    def release(self) -> None:
+        if self._stop is not None:
+            self._stop.set()
+            self._thread.join()
+            self._stop = None
+        if not self.lost and self.holds():
+            self.path.unlink(missing_ok=True)
+
+    def __enter__(self):
+        return self.acquire()
+
+    def __exit__(self, *exc):
+        self.release()
+
 
 # --------------------------------------------------------------------------------------------
-# The run
+# The run as an object: settings -> Trainer(setup, resume, train loop, evaluate, checkpoint,
+# finish) with hooks (callbacks) for logging, progress, ETA and the evaluation and checkpoint
+# schedules, in the manner of SB3's learn() and d3rlpy's fit().
+
+
+@dataclasses.dataclass
+class RunSettings:
+    """What a `lompo-bench run` command asks for (None: the profile's default)."""
+
+    algo: str
+    env: str
+    split: str | None = None
+    seed: int = 0
+    profile: str = profiles.DEFAULT_PROFILE
+    data: typing.Any = None  # a store path or an fsspec URL (anything with "://")
+    steps: int | None = None
+    overrides: dict | None = None
+    out: typing.Any = None
+    device: str | None = None
+    eval_episodes: int | None = None
+    eval_every: int | None = None
+    checkpoint_every: int | None = None
+    overwrite: bool = False
+
+
+class Callback:
+    """A hook into a run (SB3's BaseCallback, smaller). Every method is optional. Callbacks run
+    in the order given, after the trainer's own (metrics log, TensorBoard, ETA, evaluation and
+    checkpoint schedules). A callback with state that must survive a resume returns it from
+    `state_dict` (saved in checkpoint.pt) and takes it back in `load_state_dict`."""
+
+    def on_start(self, trainer: "Trainer") -> None:
+        """Set up and resumed; `trainer.step` is the first step to run from."""
+
+    def on_step(self, trainer: "Trainer", step: int, metrics: dict) -> None:
+        """After each `train_step`; `step` counts the steps done."""
+
+    def on_log(self, trainer: "Trainer", step: int, means: dict) -> None:
+        """A logging interval's metric means (the row just written to metrics.csv)."""
+
+    def on_evaluation(self, trainer: "Trainer", row: dict) -> None:
+        """An evaluation's row (as in eval.csv, plus `returns`)."""
+
+    def on_checkpoint(self, trainer: "Trainer", step: int) -> None:
+        """checkpoint.pt was replaced by the state after `step` steps."""
+
+    def on_message(self, trainer: "Trainer", text: str) -> None:
+        """A line for the user (the trainer never prints itself)."""
+
+    def on_end(self, trainer: "Trainer", result: dict) -> None:
+        """result.json was written."""
+
+    def on_close(self, trainer: "Trainer") -> None:
+        """The run stopped (finished, interrupted or failed): release what on_start took."""
+
+    def state_dict(self) -> dict | None:
+        return None
+
+    def load_state_dict(self, state: dict) -> None:
+        pass
+
+
+class MetricsLog(Callback):
+    """Averages each metric over the steps that reported it (LOMPO reports its latent reward
+    only on buffer-refresh steps; it must not be diluted by the others) and writes a row of
+    metrics.csv every `every` steps; `on_log` then tells the other callbacks."""
+
+    def __init__(self, every: int):
+        self.every = every
+        self.sums: dict[str, float] = {}
+        self.counts: dict[str, int] = {}
+
+    def on_step(self, trainer, step, metrics):
+        for k, v in metrics.items():
+            self.sums[k] = self.sums.get(k, 0.0) + float(v)
+            self.counts[k] = self.counts.get(k, 0) + 1
+        if step % self.every == 0 or step == trainer.total:
+            means = {k: s / self.counts[k] for k, s in self.sums.items()}
+            trainer.metrics_log.append({"step": step, "wall_time_s": round(trainer.wall(), 3),
+                                        "gradient_steps": trainer.agent.gradient_steps(), **means})
+            self.sums, self.counts = {}, {}
+            trainer.emit("on_log", step, means)
+
+    def state_dict(self):  # a half-full interval survives a resume, so its row is exact
+        return {"sums": dict(self.sums), "counts": dict(self.counts)}
+
+    def load_state_dict(self, state):
+        self.sums, self.counts = dict(state["sums"]), dict(state["counts"])
+
+
+class TensorBoardLog(Callback):
+    """train/* and eval/* scalars under tb/. A resumed run purges the steps after its
+    checkpoint (`purge_step`), which a killed run may have logged already, so every tag's
+    steps stay strictly increasing."""
+
+    def __init__(self):
+        self.writer = None
+
+    @staticmethod
+    def available() -> bool:
+        try:
+            from torch.utils.tensorboard import SummaryWriter  # noqa: F401  (needs the tensorboard package)
+        except ImportError:
+            return False
+        return True
+
+    def on_start(self, trainer):
+        from torch.utils.tensorboard import SummaryWriter
+
+        self.writer = SummaryWriter(str(trainer.run_dir / "tb"), purge_step=trainer.step + 1)
+
+    def on_log(self, trainer, step, means):
+        for k, v in means.items():
+            self.writer.add_scalar(f"train/{k}", v, step)
+
+    def on_evaluation(self, trainer, row):
+        self.writer.add_scalar("eval/mean_return", row["mean_return"], row["step"])
+        if row["normalized_score"] is not None:
+            self.writer.add_scalar("eval/normalized_score", row["normalized_score"], row["step"])
+
+    def on_close(self, trainer):
+        if self.writer is not None:
+            self.writer.close()
+            self.writer = None
+
+
+class EtaEstimate(Callback):
+    """One message with the expected time left, from the first steps after the first one (which
+    pays for allocation and warm-up). Multi-phase methods (LOMPO: ~1 s model steps, then ~30 ms
+    agent steps) are timed within the phase being run (`Algorithm.phase_ends`)."""
+
+    def __init__(self, probe_s: float = 2.0, probe_steps: int = 20):
+        self.probe_s, self.probe_steps = probe_s, probe_steps
+        self.start, self.steps, self.done = None, 0, False
+
+    def on_start(self, trainer):
+        self.done = trainer.step >= trainer.total
+
+    def on_step(self, trainer, step, metrics):
+        if self.done:
+            return
+        now = time.perf_counter()
+        if self.start is None:
+            self.start = now
+            return
+        self.steps += 1
+        elapsed = now - self.start
+        if step == trainer.total:
+            self.done = True  # too short to need an estimate
+        elif elapsed >= self.probe_s or self.steps >= self.probe_steps:
+            self.done = True
+            per_step, total = elapsed / self.steps, trainer.total
+            phase_end = next((int(e) for e in getattr(trainer.agent, "phase_ends", ()) if int(e) > step), total)
+            eta = per_step * (phase_end - step)
+            what = (f"the remaining {total - step} training steps" if phase_end == total else
+                    f"the remaining {phase_end - step} steps of this phase (of {total} in all; "
+                    "later phases run at their own pace)")
+            trainer.say(f"ETA {format_duration(eta)} for {what} ({per_step * 1000:.0f} ms/step over the "
+                        f"first {self.steps + 1} steps, evaluation not included)")
+            if trainer.profile == "paper" and trainer.device == "cpu" and eta > 3 * 3600:
+                trainer.say(f"warning: the paper profile on CPU would take about {eta / 3600:.0f} hours; "
+                            "use --profile cpu (about an hour) or an accelerator (--device cuda)")
+
+
+class EvaluationSchedule(Callback):
+    """Evaluate every `every` steps (the final evaluation is the trainer's), then checkpoint, so
+    a resumed run never repeats an evaluation."""
+
+    def __init__(self, every: int):
+        self.every = every
+
+    def on_step(self, trainer, step, metrics):
+        if step % self.every == 0 and step < trainer.total:
+            trainer.evaluate(step)
+            trainer.checkpoint(step)
+
+
+class CheckpointSchedule(Callback):
+    """Checkpoint every `every` steps and at most `max_interval_s` apart (a slow phase must not
+    risk more than that much work)."""
+
+    def __init__(self, every: int, max_interval_s: float = CHECKPOINT_MAX_INTERVAL_S):
+        self.every, self.max_interval_s = every, max_interval_s
+
+    def on_step(self, trainer, step, metrics):
+        if trainer.last_checkpoint_step == step:
+            return
+        if step % self.every == 0 or time.perf_counter() - trainer.last_checkpoint_time > self.max_interval_s:
+            trainer.checkpoint(step)
+
+
+class ConsoleReporter(Callback):
+    """What `lompo-bench run` shows on stderr: a tqdm progress bar with the latest losses and
+    evaluation return (`progress=False`: none), and the trainer's messages."""
+
+    def __init__(self, progress: bool = True, file=None):
+        self.progress, self.file = progress, file
+        self.bar = None
+        self.postfix: dict[str, str] = {}
+
+    def _file(self):
+        return self.file if self.file is not None else sys.stderr
+
+    def on_start(self, trainer):
+        from tqdm.auto import tqdm
+
+        out = self._file()
+        self.bar = tqdm(total=trainer.total, initial=trainer.step, desc=f"{trainer.algo}/{trainer.env}", unit="step",
+                        file=out, dynamic_ncols=True, mininterval=1.0 if out.isatty() else 30.0,
+                        disable=not self.progress)
+        if trainer.evals:
+            self.postfix["eval"] = f"{trainer.evals[-1]['mean_return']:.1f}"
+
+    def on_step(self, trainer, step, metrics):
+        self.bar.update(1)
+
+    def on_log(self, trainer, step, means):
+        shown = [k for k in means if "loss" in k][:3] or list(means)[:3]
+        self.postfix.update({k.replace("_loss", ""): f"{means[k]:.3g}" for k in shown})
+        self.bar.set_postfix(self.postfix, refresh=False)
+
+    def on_evaluation(self, trainer, row):
+        self.postfix["eval"] = f"{row['mean_return']:.1f}"
+        if self.bar is not None:
+            self.bar.set_postfix(self.postfix)
+
+    def on_message(self, trainer, text):
+        from tqdm.auto import tqdm
+
+        tqdm.write(text, file=self._file())
+
+    def on_close(self, trainer):
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+
+
+def score_or_reason(ret: float, random_return, expert_return) -> tuple[float | None, str | None]:
+    """(normalized score, None), or (None, why it is undefined): D4RL's scale needs an expert
+    above the random policy; below it a better policy would score lower."""
+    if random_return is None or expert_return is None:
+        return None, "the dataset records no random/expert reference returns"
+    if not expert_return > random_return:
+        return None, (f"the dataset's expert return ({expert_return:.4g}) is not above its random return "
+                      f"({random_return:.4g}), so the normalized score is undefined")
+    from lompo_bench.evaluation import finite_or_none
+    from lompo_bench.leaderboard.scoring import normalized_score
+
+    return finite_or_none(normalized_score(ret, random_return, expert_return)), None
+
+
+def set_torch_threads(threads: int) -> int:
+    """`--threads N`: torch's intra-op threads for this job (see THREADS_HELP)."""
+    if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
+        raise UserError(f"--threads must be an integer >= 1, got {threads!r}")
+    import torch
+
+    torch.set_num_threads(threads)
+    return threads
+
+
+THREADS_HELP = ("Torch threads for this job (default 1). On shared cores more than one thread per job can be "
+                "~100x slower on small ops (the threads wait for each other); raise it only on an idle machine.")
+
+
+def check_seed(seed) -> int:
+    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**31:
+        raise UserError(f"--seed must be an integer from 0 to 2**31-1, got {seed!r}")
+    return seed
+
+
+def _positive(option: str, value) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise UserError(f"{option} must be an integer >= 1, got {value!r}; omit it for the profile's default")
+    return value
+
+
+def _accepted_hint(message: str) -> str:
+    low = message.lower()
+    if "learning rate" in low:
+        return "a learning rate > 0"
+    if "negative dimension" in low or "size" in low or "channels" in low:
+        return "a positive size"
+    if "beta" in low:
+        return "a value in [0, 1)"
+    if "epsilon" in low or "eps" in low or "weight_decay" in low or "momentum" in low:
+        return "a number >= 0"
+    return "a value the algorithm's networks and optimizers take"
+
+
+class Trainer:
+    """One training run: `Trainer(settings, callbacks).fit() -> run directory`.
+
+    The steps, each a method: `setup` (resolve the dataset, config and algorithm; nothing is
+    written), `open` (lock and check the run directory, then `resume` from its checkpoint or
+    write config.json), `train` (the loop: `train_step`, then every callback's `on_step`),
+    `evaluate(step)`, `checkpoint(step)`, `finish` (final evaluation, figures, result.json
+    last) and `close`. The trainer never prints: messages go to the callbacks' `on_message`
+    (`ConsoleReporter` prints them)."""
+
+    def __init__(self, settings: RunSettings, callbacks: typing.Sequence[Callback] = ()):
+        self.settings = settings
+        self.user_callbacks = list(callbacks)
+        self.callbacks: list[Callback] = list(callbacks)  # the trainer's own are added by `open`
+        self.lock: RunLock | None = None
+        self.eval_env = None
+        self.stop_signal = None
+        self._t0 = time.perf_counter()
+        self.wall_before = 0.0
+
+    # -- messages and hooks
+    def emit(self, hook: str, *args) -> None:
+        for callback in self.callbacks:
+            getattr(callback, hook)(self, *args)
+
+    def say(self, text: str) -> None:
+        self.emit("on_message", text)
+
+    def wall(self) -> float:
+        return self.wall_before + time.perf_counter() - self._t0
+
+    # -- set-up: everything decided, nothing written
+    def setup(self) -> "Trainer":
+        from lompo_bench import envs, registry
+        from lompo_bench.algorithms.base import DataSpec, config_fields
+
+        s = self.settings
+        self.algo, self.env, self.profile = s.algo, s.env, profiles.check(s.profile)
+        self.seed = check_seed(s.seed)
+        if s.env not in envs.ENV_NAMES:
+            raise choice_error("env", s.env, envs.ENV_NAMES)
+        self.cls = registry.get(s.algo)
+        for option, value in (("--eval-episodes", s.eval_episodes), ("--eval-every", s.eval_every),
+                              ("--checkpoint-every", s.checkpoint_every)):
+            if value is not None:
+                _positive(option, value)
+        self.dataset, self.dataset_path = open_dataset(s.env, s.split, s.profile, s.data)
+        self.split = self.dataset.split
+        self.spec = DataSpec.from_dataset(self.dataset)
+        config = apply_overrides(self.cls.config_for(s.profile, self.spec), s.overrides, s.algo)
+        if s.steps is not None:
+            config = scale_steps(self.cls, config, int(s.steps))
+        self.config = config
+        self.device = resolve_device(s.device)
+        self.eval_episodes = EVAL_EPISODES[s.profile] if s.eval_episodes is None else s.eval_episodes
+        seed_everything(self.seed)
+        self.agent = self.build_algorithm()
+        self.total = int(self.agent.total_steps())
+        self.eval_every = (max(1, math.ceil(self.total / EVALS_PER_RUN[s.profile])) if s.eval_every is None
+                           else s.eval_every)
+        self.checkpoint_every = (max(1, math.ceil(self.total / CHECKPOINTS_PER_RUN)) if s.checkpoint_every is None
+                                 else s.checkpoint_every)
+        self.random_return, self.expert_return = self.dataset.reference_returns
+        self.run_dir = (Path(s.out).expanduser() if s.out is not None
+                        else default_run_dir(s.algo, s.profile, s.env, self.split, self.seed))
+        self.identity = jsonable({
+            "algorithm": s.algo, "env": s.env, "split": self.split, "seed": self.seed, "profile": s.profile,
+            "dataset_checksum": self.dataset.checksum, "config": config_fields(config), "train_steps": self.total,
+            "eval_episodes": self.eval_episodes, "eval_every": self.eval_every,
+        })
+        self.eval_seed = 1_000_000 + 1000 * self.seed  # far from the collectors' seeds, same for every evaluation
+        return self
+
+    def build_algorithm(self):
+        """The algorithm from its config; a value its optimizers or networks reject (a negative
+        learning rate, a zero width) is a one-line error naming the --set that caused it."""
+        s = self.settings
+        try:
+            return self.cls(self.config, self.spec, device=self.device, seed=self.seed)
+        except (ValueError, RuntimeError, TypeError) as exc:
+            message = " ".join(str(exc).split())[:200]
+            culprits = self._rejected_settings()
+            defaults = self.cls.config_for(s.profile, self.spec)
+            if culprits:
+                named = ", ".join(f"--set {k}={s.overrides[k]} (default {getattr(defaults, k)!r})" for k in culprits)
+                raise UserError(f"{named} rejected by {s.algo}: {message}; accepted: {_accepted_hint(message)}") from None
+            raise  # not caused by a setting: a bug, keep the traceback
+
+    def _rejected_settings(self) -> list[str]:
+        """The --set keys that fail on their own (each tried alone on the profile's config)."""
+        s = self.settings
+        if not s.overrides:
+            return []
+        base = self.cls.config_for(s.profile, self.spec)
+        if s.steps is not None:
+            base = scale_steps(self.cls, base, int(s.steps))
+        culprits = []
+        for key, value in s.overrides.items():
+            try:
+                self.cls(apply_overrides(base, {key: value}, s.algo), self.spec, device=self.device, seed=self.seed)
+            except (ValueError, RuntimeError, TypeError):
+                culprits.append(key)
+        return culprits or list(s.overrides)
+
+    # -- the run directory: lock, check, resume or start
+    def open(self) -> "Trainer":
+        created = not self.run_dir.exists()
+        if self.run_dir.exists() and not self.run_dir.is_dir():
+            raise UserError(f"--out {self.run_dir} is a file; accepted: a new or empty folder for the run")
+        try:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:  # a parent that is a file, no permission, a full disk
+            raise UserError(f"cannot make the run folder {self.run_dir}: {exc.strerror or exc}; "
+                            "accepted: --out in a writable folder") from None
+        self.lock = RunLock(self.run_dir).acquire()
+        try:
+            resuming = prepare_run_dir(self.run_dir, self.identity, self.settings.overwrite)
+        except UserError:
+            self.lock.release()
+            self.lock = None
+            if created:
+                shutil.rmtree(self.run_dir, ignore_errors=True)
+            raise
+        self.checkpoint_path = self.run_dir / "checkpoint.pt"
+        self.step, self.evals, self.last_checkpoint_step = 0, [], None
+        self.callbacks = [MetricsLog(max(1, min(100, self.total // 200)))]
+        if TensorBoardLog.available():
+            self.callbacks.append(TensorBoardLog())
+        self.callbacks += [EtaEstimate(), EvaluationSchedule(self.eval_every), CheckpointSchedule(self.checkpoint_every),
+                           *self.user_callbacks]
+        if resuming:
+            self.resume()
+        else:
+            self.write_config()
+        self.metrics_log = CsvLog(self.run_dir / "metrics.csv", ("step", "wall_time_s", "gradient_steps"))
+        self.eval_log = CsvLog(self.run_dir / "eval.csv", ("step", "mean_return", "std_return", "normalized_score",
+                                                           "success_rate", "episodes"))
+        self.metrics_log.truncate_after(self.step)  # rows a killed run wrote past its checkpoint
+        self.eval_log.truncate_after(self.step)
+        from lompo_bench.evaluation import make_eval_env
+
+        self.eval_env = make_eval_env(self.env, image_size=self.spec.image_shape[0], horizon=self.spec.horizon,
+                                      seed=self.seed)
+        self.last_checkpoint_time = time.perf_counter()
+        self._t0 = time.perf_counter()
+        return self
+
+    def write_config(self) -> None:
+        import torch
+
+        write_json_atomic(self.run_dir / "config.json", {
+            **self.identity, "dataset_path": str(self.dataset_path), "device": self.device,
+            "checkpoint_every": self.checkpoint_every, "threads": torch.get_num_threads(),
+            "profile_note": PROFILE_NOTES[self.profile], "random_return": self.random_return,
+            "expert_return": self.expert_return, **provenance.stamp(),
+        })
+
+    def resume(self) -> None:
+        import torch
+
+        ckpt = torch.load(self.checkpoint_path, map_location=self.device, weights_only=False)
+        self.agent.load_state_dict(ckpt["algorithm"])
+        set_rng_state(ckpt["rng"])
+        self.step, self.wall_before, self.evals = int(ckpt["step"]), float(ckpt["wall_time_s"]), list(ckpt["evals"])
+        self.last_checkpoint_step = self.step
+        for key, state in ckpt.get("callbacks", {}).items():
+            callback = self._callback_states().get(key)
+            if callback is not None:
+                callback.load_state_dict(state)
+        self.say(f"resuming {self.run_dir} from step {self.step}/{self.total}")
+
+    def _callback_states(self) -> dict[str, Callback]:
+        return {f"{i}:{type(c).__name__}": c for i, c in enumerate(self.callbacks)}
+
+    # -- the pieces the loop and the schedules call
+    def checkpoint(self, step: int) -> None:
+        if self.lock is not None and self.lock.lost:
+            raise RunLocked(f"the lock {self.lock.path} was taken over by another process (this one looked "
+                            f"stale); stopping without writing, so the run is not trained twice")
+        states = {key: c.state_dict() for key, c in self._callback_states().items()}
+        save_checkpoint(self.checkpoint_path, {
+            "algorithm": self.agent.state_dict(), "step": step, "wall_time_s": self.wall(), "evals": self.evals,
+            "rng": rng_state(), "train_steps": self.total,
+            "callbacks": {k: v for k, v in states.items() if v is not None}})
+        self.last_checkpoint_step, self.last_checkpoint_time = step, time.perf_counter()
+        self.emit("on_checkpoint", step)
+
+    def evaluate(self, step: int) -> dict:
+        from lompo_bench.evaluation import evaluate
+
+        result = evaluate(self.agent.policy(), self.eval_env, episodes=self.eval_episodes, seed=self.eval_seed)
+        score, _ = score_or_reason(result["mean_return"], self.random_return, self.expert_return)
+        row = {"step": step, "mean_return": result["mean_return"], "std_return": result["std_return"],
+               "normalized_score": score, "success_rate": result["success_rate"],
+               "episodes": self.eval_episodes, "returns": result["returns"]}
+        self.evals.append(row)
+        self.eval_log.append({k: v for k, v in row.items() if k != "returns"})
+        self.emit("on_evaluation", row)
+        return row
+
+    def train(self) -> None:
+        """The loop. SIGINT/SIGTERM (see `fit`) stop it after the current step, with a checkpoint."""
+        while self.step < self.total:
+            metrics = self.agent.train_step(self.dataset, self.step)
+            self.step += 1
+            self.emit("on_step", self.step, metrics)
+            if self.stop_signal is not None:
+                if self.last_checkpoint_step != self.step:
+                    self.checkpoint(self.step)
+                name = signal.Signals(self.stop_signal).name
+                raise Interrupted(f"{name} at step {self.step}/{self.total}: checkpoint saved in "
+                                  f"{self.checkpoint_path}; run the same command again to resume")
+
+    def finish(self) -> dict:
+        """The final evaluation (unless the last one was at the end), figures, result.json."""
+        if not self.evals or self.evals[-1]["step"] != self.total:
+            self.checkpoint(self.total)  # training done: a kill during the final evaluation does not retrain
+            self.say(f"final evaluation: {self.eval_episodes} episodes")
+            self.evaluate(self.total)
+        figures = []
+        curve = plot_learning_curve(self.evals, self.run_dir / "learning_curve.png",
+                                    f"{self.algo} on {self.env}/{self.split} ({self.profile}, seed {self.seed})",
+                                    (self.random_return, self.expert_return))
+        if curve is not None:
+            figures.append(curve.name)
+        try:
+            figures += [Path(p).name for p in (self.agent.sample_figures(self.dataset, self.run_dir) or [])]
+        except Exception as exc:  # a figure must not cost the result of a finished training run
+            self.say(f"warning: {self.algo}.sample_figures failed: {type(exc).__name__}: {exc}")
+        result = jsonable(self.result(figures))
+        write_json_atomic(self.run_dir / "result.json", result)
+        self.emit("on_end", result)
+        norm = result["normalized_score"]
+        final = self.evals[-1]
+        self.say(f"done: return {final['mean_return']:.1f} ± {final['std_return']:.1f}"
+                 + (f", normalized score {norm:.1f}" if norm is not None else
+                    f", no normalized score ({result['normalized_score_reason']})")
+                 + f" -> {self.run_dir / 'result.json'}")
+        return result
+
+    def summary(self, evals: list[dict]) -> dict:
+        """Mean return and its normalized score over some evaluations."""
+        raw = float(np.mean([e["mean_return"] for e in evals]))
+        return {"steps": [e["step"] for e in evals], "raw_return": raw,
+                "normalized_score": score_or_reason(raw, self.random_return, self.expert_return)[0]}
+
+    def result(self, figures: list[str]) -> dict:
+        """result.json: the final evaluation is the score (what the leaderboard uses); `best` and
+        `last3_mean` over the evaluations show how noisy it is."""
+        import torch
+
+        from lompo_bench.algorithms.base import config_fields
+
+        final = self.evals[-1]
+        score, reason = score_or_reason(final["mean_return"], self.random_return, self.expert_return)
+        best = max(self.evals, key=lambda e: e["mean_return"])
+        stamp = provenance.stamp()
+        return {
+            "algorithm": self.algo, "env": self.env, "split": self.split, "seed": self.seed, "profile": self.profile,
+            "raw_return": final["mean_return"], "return_std": final["std_return"],
+            "normalized_score": score, "normalized_score_reason": reason,
+            "best": {"step": best["step"], "raw_return": best["mean_return"], "normalized_score": best["normalized_score"]},
+            "last3_mean": self.summary(self.evals[-3:]),
+            "success_rate": final["success_rate"], "eval_episodes": self.eval_episodes,
+            "eval_returns": final["returns"], "eval_seed": self.eval_seed,
+            "gradient_steps": int(self.agent.gradient_steps()), "train_steps": self.total,
+            "wall_time_s": round(self.wall(), 2), "dataset_path": str(self.dataset_path),
+            "dataset_id": f"{self.env}/{self.split}@{self.profile if self.settings.data is None else self.dataset_path}",
+            "dataset_checksum": self.dataset.checksum, "random_return": self.random_return,
+            "expert_return": self.expert_return, "commit": stamp["commit"],
+            "package_version": stamp["package_version"], "hardware": stamp["hardware"], "device": self.device,
+            "threads": torch.get_num_threads(), "timestamp": stamp["created"],
+            "profile_note": PROFILE_NOTES[self.profile], "figures": figures, "config": config_fields(self.config),
+        }
+
+    def announce(self) -> None:
+        s = self.settings
+        self.say(f"{self.algo} on {self.env}/{self.split} ({self.profile} profile, seed {self.seed}, {self.device}): "
+                 f"{self.total} steps, evaluation every {self.eval_every} steps with {self.eval_episodes} episodes "
+                 f"-> {self.run_dir}")
+        if self.profile != "paper":
+            self.say(PROFILE_NOTES[self.profile])
+        if s.steps is not None:
+            scaled = {n: getattr(self.config, n) for n in step_field_names(self.cls, self.config)}
+            self.say(f"--steps {s.steps}: " + ", ".join(f"{k}={v}" for k, v in scaled.items())
+                     + (f" ({self.total} iterations in all)" if self.total != s.steps else ""))
+
+    def close(self) -> None:
+        for callback in self.callbacks:
+            callback.on_close(self)
+        if self.eval_env is not None:
+            self.eval_env.close()
+            self.eval_env = None
+        if self.lock is not None:
+            self.lock.release()
+            self.lock = None
+
+    # -- all of it
+    def fit(self) -> Path:
+        """setup -> open (lock; resume or config.json) -> train -> finish; returns the run directory.
+        SIGINT/SIGTERM: the current step finishes, a checkpoint is written, `Interrupted` (exit
+        130) is raised; a second signal stops at once."""
+        self.setup()
+        try:
+            self.open()
+            restore = self._install_signal_handlers()
+            try:
+                self.emit("on_start")
+                self.announce()
+                self.train()
+                self.finish()
+            finally:
+                restore()
+        finally:
+            self.close()
+        return self.run_dir
+
+    def _install_signal_handlers(self):
+        def on_signal(signum, frame):
+            if self.stop_signal is not None:
+                raise KeyboardInterrupt
+            self.stop_signal = signum
+
+        old = {}
+        try:
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                old[sig] = signal.signal(sig, on_signal)
+        except ValueError:  # not the main thread (e.g. a Ray actor): checkpoints still happen on schedule
+            pass
+
+        def restore():
+            for sig, handler in old.items():
+                signal.signal(sig, handler)
+
+        return restore
 
 
 def run(algo: str, env: str, split: str | None = None, *, seed: int = 0, profile: str = profiles.DEFAULT_PROFILE,
         data=None, steps: int | None = None, overrides: dict | None = None, out=None, device: str | None = None,
         eval_episodes: int | None = None, eval_every: int | None = None, checkpoint_every: int | None = None,
-        overwrite: bool = False, progress: bool = True) -> Path:
+        overwrite: bool = False, progress: bool = True, callbacks: typing.Sequence[Callback] | None = None) -> Path:
     """Train `algo` on the (env, split) dataset, evaluate it, and return the run directory.
 
-    See the module docstring for what the run directory holds and how resume works."""
-    import torch
-    from tqdm.auto import tqdm
-
-    from lompo_bench import registry
-    from lompo_bench.algorithms.base import DataSpec, config_fields
-    from lompo_bench.evaluation import evaluate, finite_or_none, make_eval_env
-
-    def say(msg: str) -> None:
-        tqdm.write(msg, file=sys.stderr)
-
-    profiles.check(profile)
-    from lompo_bench import envs
-
-    if env not in envs.ENV_NAMES:
-        raise choice_error("env", env, envs.ENV_NAMES)
-    cls = registry.get(algo)
-    dataset, dataset_path = open_dataset(env, split, profile, data)
-    split = dataset.split
-    spec = DataSpec.from_dataset(dataset)
-    config = cls.config_for(profile, spec)
-    config = apply_overrides(config, overrides, algo)
-    if steps is not None:
-        config = scale_steps(cls, config, int(steps))
-        scaled = {n: getattr(config, n) for n in step_field_names(cls, config)}
-    device = resolve_device(device)
-    eval_episodes = int(eval_episodes or EVAL_EPISODES[profile])
-    if eval_episodes < 1:
-        raise UserError(f"--eval-episodes must be >= 1, got {eval_episodes}")
-
-    seed_everything(seed)
-    agent = cls(config, spec, device=device, seed=seed)
-    total = int(agent.total_steps())
-    eval_every = int(eval_every or max(1, math.ceil(total / EVALS_PER_RUN[profile])))
-    checkpoint_every = int(checkpoint_every or max(1, math.ceil(total / CHECKPOINTS_PER_RUN)))
-    if eval_every < 1 or checkpoint_every < 1:
-        raise UserError("--eval-every and --checkpoint-every must be >= 1")
-    random_return, expert_return = dataset.reference_returns
-
-    run_dir = Path(out).expanduser() if out is not None else default_run_dir(algo, profile, env, split, seed)
-    identity = jsonable({
-        "algorithm": algo, "env": env, "split": split, "seed": seed, "profile": profile,
-        "dataset_checksum": dataset.checksum, "config": config_fields(config), "train_steps": total,
-        "eval_episodes": eval_episodes, "eval_every": eval_every,
-    })
-    resume = prepare_run_dir(run_dir, identity, overwrite)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    ckpt_path = run_dir / "checkpoint.pt"
-
-    start_step, wall_before, evals = 0, 0.0, []
-    if resume:
-        ckpt = torch.load(ckpt_path, map_location=device, weights_only=False)
-        agent.load_state_dict(ckpt["algorithm"])
-        set_rng_state(ckpt["rng"])
-        start_step, wall_before, evals = int(ckpt["step"]), float(ckpt["wall_time_s"]), list(ckpt["evals"])
-        say(f"resuming {run_dir} from step {start_step}/{total}")
-    else:
-        write_json_atomic(run_dir / "config.json", {
-            **identity, "dataset_path": str(dataset_path), "device": device,
-            "checkpoint_every": checkpoint_every, "profile_note": PROFILE_NOTES[profile],
-            "random_return": random_return, "expert_return": expert_return, **provenance.stamp(),
-        })
-
-    metrics_log = CsvLog(run_dir / "metrics.csv", ("step", "wall_time_s", "gradient_steps"))
-    eval_log = CsvLog(run_dir / "eval.csv", ("step", "mean_return", "std_return", "normalized_score", "success_rate", "episodes"))
-    metrics_log.truncate_after(start_step)
-    eval_log.truncate_after(start_step)
-    tb = tensorboard_writer(run_dir)
-    eval_env = make_eval_env(env, image_size=spec.image_shape[0], horizon=spec.horizon, seed=seed)
-    eval_seed = 1_000_000 + 1000 * seed  # far from the collectors' seeds, same for every evaluation of a run
-
-    def score(ret):
-        if random_return is None or expert_return is None or expert_return == random_return:
-            return None
-        from lompo_bench.leaderboard.scoring import normalized_score
-
-        return normalized_score(ret, random_return, expert_return)
-
-    t0 = time.perf_counter()
-
-    def wall() -> float:
-        return wall_before + time.perf_counter() - t0
-
-    def checkpoint(step: int) -> None:
-        save_checkpoint(ckpt_path, {"algorithm": agent.state_dict(), "step": step, "wall_time_s": wall(),
-                                    "evals": evals, "rng": rng_state(), "train_steps": total})
-
-    def run_eval(step: int) -> dict:
-        result = evaluate(agent.policy(), eval_env, episodes=eval_episodes, seed=eval_seed)
-        row = {"step": step, "mean_return": result["mean_return"], "std_return": result["std_return"],
-               "normalized_score": score(result["mean_return"]), "success_rate": result["success_rate"],
-               "episodes": eval_episodes, "returns": result["returns"]}
-        evals.append(row)
-        eval_log.append({k: v for k, v in row.items() if k != "returns"})
-        if tb is not None:
-            tb.add_scalar("eval/mean_return", row["mean_return"], step)
-        return row
-
-    # SIGINT/SIGTERM: finish the current step, checkpoint, stop. A second signal stops at once.
-    stop = {"signal": None}
-
-    def on_signal(signum, frame):
-        if stop["signal"] is not None:
-            raise KeyboardInterrupt
-        stop["signal"] = signum
-
-    old_handlers = {}
-    try:
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            old_handlers[sig] = signal.signal(sig, on_signal)
-    except ValueError:  # not the main thread: no handlers, checkpoints still happen on schedule
-        old_handlers = {}
-
-    say(f"{algo} on {env}/{split} ({profile} profile, seed {seed}, {device}): {total} steps, "
-        f"evaluation every {eval_every} steps with {eval_episodes} episodes -> {run_dir}")
-    if profile != "paper":
-        say(PROFILE_NOTES[profile])
-    if steps is not None:
-        say(f"--steps {steps}: " + ", ".join(f"{k}={v}" for k, v in scaled.items())
-            + (f" ({total} iterations in all)" if total != steps else ""))
-    log_every = max(1, min(100, total // 200))
-    # Per-key sums and counts: a metric an algorithm reports only on some steps (LOMPO's latent
-    # refresh) is averaged over the steps that reported it, not diluted by the others.
-    sums: dict[str, float] = {}
-    counts: dict[str, int] = {}
-    last_ckpt_time = time.perf_counter()
-    eta_probe = {"start": None, "steps": 0, "done": start_step >= total}
-    bar = tqdm(total=total, initial=start_step, desc=f"{algo}/{env}", unit="step", file=sys.stderr,
-               dynamic_ncols=True, mininterval=1.0 if sys.stderr.isatty() else 30.0, disable=not progress)
-    postfix: dict[str, str] = {}
-    if evals:
-        postfix["eval"] = f"{evals[-1]['mean_return']:.1f}"
-    step = start_step
-    try:
-        while step < total:
-            metrics = agent.train_step(dataset, step)
-            step += 1
-            for k, v in metrics.items():
-                sums[k] = sums.get(k, 0.0) + float(v)
-                counts[k] = counts.get(k, 0) + 1
-            # ETA from the first steps after the first one (which pays for allocation and warm-up).
-            if not eta_probe["done"]:
-                now = time.perf_counter()
-                if eta_probe["start"] is None:
-                    eta_probe["start"] = now
-                else:
-                    eta_probe["steps"] += 1
-                    elapsed = now - eta_probe["start"]
-                    if step == total:
-                        eta_probe["done"] = True  # too short to need an estimate
-                    elif elapsed >= 2.0 or eta_probe["steps"] >= 20:
-                        eta_probe["done"] = True
-                        per_step = elapsed / eta_probe["steps"]
-                        # Multi-phase methods (LOMPO: ~1 s model steps, then ~30 ms SAC steps) are
-                        # only timed within the phase being run.
-                        phase_end = next((int(e) for e in getattr(agent, "phase_ends", ()) if int(e) > step), total)
-                        eta = per_step * (phase_end - step)
-                        what = (f"the remaining {total - step} training steps" if phase_end == total else
-                                f"the remaining {phase_end - step} steps of this phase (of {total} in all; "
-                                "later phases run at their own pace)")
-                        say(f"ETA {format_duration(eta)} for {what} "
-                            f"({per_step * 1000:.0f} ms/step over the first {eta_probe['steps'] + 1} steps, "
-                            "evaluation not included)")
-                        if profile == "paper" and device == "cpu" and eta > 3 * 3600:
-                            say(f"warning: the paper profile on CPU would take about {eta / 3600:.0f} hours; "
-                                "use --profile cpu (about an hour) or an accelerator (--device cuda)")
-            if step % log_every == 0 or step == total:
-                row = {"step": step, "wall_time_s": round(wall(), 3), "gradient_steps": agent.gradient_steps()}
-                means = {k: s / counts[k] for k, s in sums.items()}
-                row.update(means)
-                metrics_log.append(row)
-                if tb is not None:
-                    for k, v in means.items():
-                        tb.add_scalar(f"train/{k}", v, step)
-                shown = [k for k in row if "loss" in k][:3] or [k for k in sums][:3]
-                postfix.update({k.replace("_loss", ""): f"{row[k]:.3g}" for k in shown})
-                sums, counts = {}, {}
-                bar.set_postfix(postfix, refresh=False)
-            bar.update(1)
-            if step % eval_every == 0 and step < total:
-                row = run_eval(step)
-                postfix["eval"] = f"{row['mean_return']:.1f}"
-                bar.set_postfix(postfix)
-                checkpoint(step)
-                last_ckpt_time = time.perf_counter()
-            elif step % checkpoint_every == 0 or time.perf_counter() - last_ckpt_time > CHECKPOINT_MAX_INTERVAL_S:
-                checkpoint(step)
-                last_ckpt_time = time.perf_counter()
-            if stop["signal"] is not None:
-                checkpoint(step)
-                bar.close()
-                name = signal.Signals(stop["signal"]).name
-                raise Interrupted(f"{name} at step {step}/{total}: checkpoint saved in {ckpt_path}; "
-                                  "run the same command again to resume")
-        bar.close()
-        if not evals or evals[-1]["step"] != total:
-            checkpoint(total)  # training done: a kill during the final evaluation does not retrain
-            say(f"final evaluation: {eval_episodes} episodes")
-            run_eval(total)
-    finally:
-        bar.close()
-        for sig, handler in old_handlers.items():
-            signal.signal(sig, handler)
-        eval_env.close()
-        if tb is not None:
-            tb.close()
-
-    final = evals[-1]
-    figures = []
-    curve = plot_learning_curve(evals, run_dir / "learning_curve.png", f"{algo} on {env}/{split} ({profile}, seed {seed})",
-                                (random_return, expert_return))
-    if curve is not None:
-        figures.append(curve.name)
-    try:
-        figures += [Path(p).name for p in (agent.sample_figures(dataset, run_dir) or [])]
-    except Exception as exc:  # a figure must not cost the result of a finished training run
-        say(f"warning: {algo}.sample_figures failed: {type(exc).__name__}: {exc}")
-    stamp = provenance.stamp()
-    result = {
-        "algorithm": algo, "env": env, "split": split, "seed": seed, "profile": profile,
-        "raw_return": final["mean_return"], "return_std": final["std_return"],
-        "normalized_score": finite_or_none(final["normalized_score"]), "success_rate": final["success_rate"],
-        "eval_episodes": eval_episodes, "eval_returns": final["returns"], "eval_seed": eval_seed,
-        "gradient_steps": int(agent.gradient_steps()), "train_steps": total, "wall_time_s": round(wall(), 2),
-        "dataset_path": str(dataset_path), "dataset_id": f"{env}/{split}@{profile if data is None else dataset_path}",
-        "dataset_checksum": dataset.checksum, "random_return": random_return, "expert_return": expert_return,
-        "commit": stamp["commit"], "package_version": stamp["package_version"], "hardware": stamp["hardware"],
-        "device": device, "timestamp": stamp["created"], "profile_note": PROFILE_NOTES[profile],
-        "figures": figures, "config": config_fields(config),
-    }
-    write_json_atomic(run_dir / "result.json", jsonable(result))
-    norm = result["normalized_score"]
-    say(f"done: return {final['mean_return']:.1f} ± {final['std_return']:.1f}"
-        + (f", normalized score {norm:.1f}" if norm is not None else ", normalized score unknown (no reference returns)")
-        + f" -> {run_dir / 'result.json'}")
-    return run_dir
+    `callbacks`: hooks into the run (default: a `ConsoleReporter` printing to stderr, with a
+    progress bar unless `progress=False`). See the module docstring for the run directory."""
+    settings = RunSettings(algo=algo, env=env, split=split, seed=seed, profile=profile, data=data, steps=steps,
+                           overrides=overrides, out=out, device=device, eval_episodes=eval_episodes,
+                           eval_every=eval_every, checkpoint_every=checkpoint_every, overwrite=overwrite)
+    if callbacks is None:
+        callbacks = [ConsoleReporter(progress=progress)]
+    return Trainer(settings, callbacks).fit()
