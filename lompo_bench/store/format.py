@@ -17,6 +17,20 @@ Checksums are content hashes computed while writing: per array, a BLAKE2b chain 
 episodes, ``h_e = blake2b(h_{e-1} || bytes of episode e's rows)``, so a writer can resume
 from the last committed episode's digest alone. The dataset id (``checksum``) is a hash over
 the per-array checksums.
+
+Format versions (``format_version``):
+
+- 1: the above. Zarr's default skips chunks that hold only the fill value, so a missing
+  chunk file cannot be told from an all-zero one, and the attributes are unprotected.
+- 2 (written now): every chunk file is written, so a missing one is damage, never zeros;
+  ``attribute_checksums`` holds a BLAKE2b digest of every group attribute (reference returns,
+  env settings, split, collector, sizes, array checksums, ...) except the writer's bookkeeping
+  (``ATTRS_UNCHECKED``), so an edited attribute is caught; new arrays end their codec chain
+  with ``crc32c``, so a flipped or truncated chunk fails when it is read, not only in
+  ``verify``. The dataset id is unchanged (arrays only), so migrating keeps it.
+
+Version 1 stores still open (with a one-line note); ``lompo-bench datasets migrate PATH``
+verifies one and upgrades it to version 2 in place (``integrity.migrate``).
 """
 
 from __future__ import annotations
@@ -30,7 +44,12 @@ import numpy as np
 from ..errors import UserError
 
 FORMAT_NAME = "lompo-bench/dataset"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+READABLE_VERSIONS = (1, 2)
+
+# Group attributes not covered by ``attribute_checksums``: the writer's own bookkeeping, which
+# changes while a store is written (the per-array checksums they lead to are covered).
+ATTRS_UNCHECKED = ("attribute_checksums", "complete", "progress")
 
 DEFAULT_CODEC = "lz4hc-5"
 DEFAULT_CHUNK_LEN = 32
@@ -73,11 +92,12 @@ def parse_codec(spec: str) -> dict:
 
 
 def zarr_compressors(spec: str):
-    """The zarr v3 compressor list for a codec spec."""
-    from zarr.codecs import BloscCodec
+    """The zarr v3 bytes-to-bytes codecs for a codec spec: Blosc (unless ``none``), then a
+    CRC32C of the encoded chunk, checked on every read."""
+    from zarr.codecs import BloscCodec, Crc32cCodec
 
     cfg = parse_codec(spec)
-    return None if not cfg else [BloscCodec(**cfg)]
+    return ([BloscCodec(**cfg)] if cfg else []) + [Crc32cCodec()]
 
 
 def chunk_rows(row_shape: tuple, dtype, chunk_len: int) -> int:
@@ -99,6 +119,24 @@ def chain(prev_hex: str | None, data: np.ndarray) -> str:
 
 def bytes_checksum(data: np.ndarray) -> str:
     return hashlib.blake2b(memoryview(np.ascontiguousarray(data)).cast("B"), digest_size=32).hexdigest()
+
+
+def attribute_checksums(attrs: dict) -> dict[str, str]:
+    """``{name: digest}`` of every group attribute but ``ATTRS_UNCHECKED``, each over its canonical JSON."""
+    out = {}
+    for name, value in attrs.items():
+        if name not in ATTRS_UNCHECKED:
+            text = json.dumps(value, sort_keys=True, separators=(",", ":"))
+            out[name] = hashlib.blake2b(text.encode(), digest_size=16).hexdigest()
+    return out
+
+
+def changed_attributes(attrs: dict) -> list[str]:
+    """Names of the attributes that differ from ``attrs["attribute_checksums"]`` (added,
+    removed or edited); empty when they all match. Only for version 2 stores."""
+    stored = attrs.get("attribute_checksums") or {}
+    now = attribute_checksums(attrs)
+    return sorted(k for k in set(stored) | set(now) if stored.get(k) != now.get(k))
 
 
 def dataset_id(checksums: dict[str, str]) -> str:

@@ -13,10 +13,17 @@ last whole episode. Re-opening it with the same attributes truncates every array
 that record (dropping a half-written episode) and continues, so a resumed collection equals
 an uninterrupted one. Readers refuse the store until ``finalize`` has written the checksums
 and, last, ``complete = True``.
+
+Every chunk file is written, all-zero ones included (zarr skips those by default), so a
+reader can treat a missing chunk as damage. A write the disk refuses (full, over quota,
+read-only, no permission) is a one-line ``UserError`` naming the path and the free space;
+the store stays incomplete at its last commit and resumes once there is room.
 """
 
 from __future__ import annotations
 
+import errno
+import functools
 import shutil
 from pathlib import Path
 
@@ -41,6 +48,60 @@ def is_store(path: Path) -> bool:
     return (Path(path) / "zarr.json").is_file()
 
 
+def check_out_path(path: Path, what: str = "--out") -> Path:
+    """``path`` can hold a new store: not an existing regular file, no regular file among its
+    parents. Returns it; raises a one-line ``UserError`` otherwise."""
+    path = Path(path)
+    if "://" in str(path):
+        raise UserError(f"{what} {path}: stores are written to local folders only; write it here and serve or upload the folder")
+    if path.exists() and not path.is_dir():
+        raise UserError(f"{what} {path} is an existing file, not a folder; choose a new path for the <name>.zarr store")
+    for parent in path.parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise UserError(f"{what} {path}: its parent {parent} is a file, not a folder; choose a path inside a folder")
+            break
+    return path
+
+
+def _free_space(path: Path) -> str:
+    for parent in (path, *path.parents):
+        if parent.exists():
+            free = shutil.disk_usage(parent).free
+            return f"{free / 2**20:.1f} MiB free on {parent}" if free < 2**30 else f"{free / 2**30:.1f} GiB free on {parent}"
+    return "free space unknown"
+
+
+def disk_errors(method):
+    """A write the OS refuses becomes a one-line ``UserError`` saying where and what to do."""
+
+    @functools.wraps(method)
+    def wrapper(self, *args, **kwargs):
+        try:
+            return method(self, *args, **kwargs)
+        except OSError as exc:
+            raise _disk_error(exc, self.path, self._episodes) from None
+
+    return wrapper
+
+
+def _disk_error(exc: OSError, path: Path, episodes: int) -> UserError:
+    state = f"the store is left incomplete after {episodes} whole episodes"
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        why = "no space left on the device" if exc.errno == errno.ENOSPC else "disk quota exceeded"
+        return UserError(f"cannot write {path}: {why} ({_free_space(path)}); {state}: free some space and re-run "
+                         f"the same command to resume, or choose another --out")
+    return UserError(f"cannot write {path}: {exc.strerror or exc} ({exc.filename or path}); {state}: "
+                     f"choose a writable --out, or fix the folder and re-run the same command to resume")
+
+
+def _write_all_chunks():
+    """Zarr config under which all-fill chunks are written too (see the module docstring)."""
+    import zarr
+
+    return zarr.config.set({"array.write_empty_chunks": True})
+
+
 class DatasetWriter:
     """Writes one dataset store. Use ``DatasetWriter.open(path, attrs)``; see the module docstring."""
 
@@ -63,9 +124,16 @@ class DatasetWriter:
              chunk_len: int = fmt.DEFAULT_CHUNK_LEN) -> "DatasetWriter":
         """Create the store at ``path``, or resume the one there if its identity attributes
         (``env``, ``split``, ``collector``) match ``attrs``. ``overwrite`` replaces an existing store."""
+        path = check_out_path(path)
+        try:
+            return cls._open(path, attrs, overwrite, codec, chunk_len)
+        except OSError as exc:
+            raise _disk_error(exc, path, 0) from None
+
+    @classmethod
+    def _open(cls, path: Path, attrs: dict, overwrite: bool, codec: str, chunk_len: int) -> "DatasetWriter":
         import zarr
 
-        path = Path(path)
         fmt.parse_codec(codec)
         if not isinstance(chunk_len, int) or chunk_len < 1:
             raise UserError(f"chunk_len must be a positive integer, got {chunk_len!r}")
@@ -83,9 +151,9 @@ class DatasetWriter:
                 stored = dict(group.attrs)
                 if stored.get("format") != fmt.FORMAT_NAME:
                     raise UserError(f"{path} is a Zarr group but not a lompo-bench dataset; pass --overwrite to replace it or choose another --out")
-                if stored.get("format_version") != fmt.FORMAT_VERSION:
+                if stored.get("format_version") not in fmt.READABLE_VERSIONS:
                     raise UserError(f"{path} has store format version {stored.get('format_version')}, this writer appends to "
-                                    f"version {fmt.FORMAT_VERSION} only; pass --overwrite to rewrite it")
+                                    f"versions {', '.join(map(str, fmt.READABLE_VERSIONS))} only; pass --overwrite to rewrite it")
                 for key in IDENTITY_ATTRS:
                     if key in attrs and stored.get(key) != attrs[key]:
                         raise UserError(f"{path} already holds a dataset with a different {key} "
@@ -95,7 +163,12 @@ class DatasetWriter:
                 return cls(group, path, storage.get("codec", codec), int(storage.get("chunk_len", chunk_len)))
         path.parent.mkdir(parents=True, exist_ok=True)
         group = zarr.open_group(str(path), mode="w", zarr_format=3)
-        group.attrs.update({
+        group.attrs.update(cls._new_attrs(attrs, codec, chunk_len))
+        return cls(group, path, codec, chunk_len)
+
+    @staticmethod
+    def _new_attrs(attrs: dict, codec: str, chunk_len: int) -> dict:
+        return {
             "format": fmt.FORMAT_NAME,
             "format_version": fmt.FORMAT_VERSION,
             **attrs,
@@ -103,8 +176,7 @@ class DatasetWriter:
             "provenance": provenance.stamp(),
             "progress": {"episodes": 0, "rows": 0, "chains": {}},
             "complete": False,
-        })
-        return cls(group, path, codec, chunk_len)
+        }
 
     # -- state ---------------------------------------------------------------------------
     @property
@@ -121,7 +193,8 @@ class DatasetWriter:
 
     def _array(self, key: str):
         if key not in self._arrays:
-            self._arrays[key] = self._group[key]
+            with _write_all_chunks():
+                self._arrays[key] = self._group[key]
         return self._arrays[key]
 
     def _truncate_to_commit(self):
@@ -169,6 +242,7 @@ class DatasetWriter:
                 raise UserError(f"episode arrays {schema} do not match the store's {self._schema}")
         return out
 
+    @disk_errors
     def add_episode(self, arrays: dict[str, np.ndarray]) -> None:
         """Append one episode (T+1 rows per array, DESIGN.md's row convention). Durable once it returns."""
         arrays = self._check_episode(arrays)
@@ -178,12 +252,15 @@ class DatasetWriter:
         start, stop = self._rows, self._rows + n
         if not self._schema:
             for key, value in arrays.items():
-                self._group.create_array(
+                with _write_all_chunks():
+                    self._arrays[f"data/{key}"] = self._group.create_array(
                     f"data/{key}", shape=(0,) + value.shape[1:], dtype=value.dtype,
                     chunks=(fmt.chunk_rows(value.shape[1:], value.dtype, self.chunk_len),) + value.shape[1:],
-                    compressors=fmt.zarr_compressors(self.codec), fill_value=np.zeros((), value.dtype).item())
-            self._group.create_array("meta/episode_ends", shape=(0,), dtype=np.int64, chunks=(4096,),
-                                     compressors=fmt.zarr_compressors("zstd-3"), fill_value=0)
+                        compressors=fmt.zarr_compressors(self.codec), fill_value=np.zeros((), value.dtype).item())
+            with _write_all_chunks():
+                self._arrays["meta/episode_ends"] = self._group.create_array(
+                    "meta/episode_ends", shape=(0,), dtype=np.int64, chunks=(4096,),
+                    compressors=fmt.zarr_compressors("zstd-3"), fill_value=0)
             self._schema = {k: (str(v.dtype), v.shape[1:]) for k, v in arrays.items()}
             self._group.attrs["schema"] = {k: [d, list(s)] for k, (d, s) in self._schema.items()}
         chains = dict(self._chains)
@@ -199,14 +276,20 @@ class DatasetWriter:
         self._group.attrs["progress"] = {"episodes": self._episodes + 1, "rows": stop, "chains": chains}
         self._episodes, self._rows, self._chains = self._episodes + 1, stop, chains
 
+    @disk_errors
     def update_attrs(self, **kw) -> None:
-        """Set group attributes (e.g. ``reference_returns``); identity and bookkeeping keys are the writer's."""
-        reserved = {"format", "format_version", "progress", "schema", "checksums", "checksum", "complete", "storage"}
+        """Set group attributes (e.g. ``reference_returns``); identity and bookkeeping keys are the writer's.
+        On a finished store this reopens it (``complete = False``) until ``finalize`` re-seals the attributes."""
+        reserved = {"format", "format_version", "progress", "schema", "checksums", "checksum", "complete", "storage",
+                    "attribute_checksums"}
         bad = reserved.intersection(kw)
         if bad:
             raise UserError(f"attributes {sorted(bad)} are managed by the writer and cannot be set")
+        if self._group.attrs.get("complete"):
+            self._group.attrs["complete"] = False
         self._group.attrs.update(_jsonable(kw))
 
+    @disk_errors
     def finalize(self) -> str:
         """Write the checksums and the dataset id, then ``complete = True`` last. Returns the id."""
         if self._episodes == 0:
@@ -215,13 +298,44 @@ class DatasetWriter:
         checksums = {f"data/{k}": fmt.CHECKSUM_PREFIX + h for k, h in sorted(self._chains.items())}
         checksums["meta/episode_ends"] = "blake2b:" + fmt.bytes_checksum(ends)
         ident = fmt.dataset_id(checksums)
-        self._group.attrs.update({
-            "checksums": checksums, "checksum": ident,
+        if self._group.attrs.get("format_version") != fmt.FORMAT_VERSION:
+            # A version 1 store resumed by this writer: its skipped all-fill chunks become files.
+            write_missing_chunks(self._group, [f"data/{k}" for k in self._schema] + ["meta/episode_ends"])
+        attrs = dict(self._group.attrs)
+        attrs.update({
+            "format_version": fmt.FORMAT_VERSION, "checksums": checksums, "checksum": ident,
             "num_episodes": self._episodes, "num_rows": self._rows,
             "num_transitions": self._rows - self._episodes, "finalized": provenance.now(),
         })
+        attrs = _jsonable(attrs)
+        attrs["attribute_checksums"] = fmt.attribute_checksums(attrs)
+        self._group.attrs.update({k: v for k, v in attrs.items() if k != "complete"})
         self._group.attrs["complete"] = True
         return ident
+
+
+def write_missing_chunks(group, keys) -> int:
+    """Write every chunk file a version 1 store skipped (all fill value) as a real file; returns how many.
+    Only for chunks zarr reads as fill: what it reads is written back unchanged."""
+    import zarr
+
+    written = 0
+    for key in keys:
+        with _write_all_chunks():
+            arr = group[key]
+        rows = arr.chunks[0]
+        for c in range(-(-arr.shape[0] // rows)):
+            if not _chunk_file(group, key, arr, c).exists():
+                lo, hi = c * rows, min((c + 1) * rows, arr.shape[0])
+                with zarr.config.set({"array.write_empty_chunks": True}):
+                    arr[lo:hi] = arr[lo:hi]
+                written += 1
+    return written
+
+
+def _chunk_file(group, key: str, arr, c: int) -> Path:
+    root = Path(str(group.store.root))
+    return root / key / arr.metadata.encode_chunk_key((c,) + (0,) * (arr.ndim - 1))
 
 
 def _describe(value) -> str:
