@@ -60,6 +60,7 @@ def table_command(profile, fmt, csv_path, out):
     """Table I: (env, split) x algorithm, mean ± std over seeds beside the paper's value, plus
     each algorithm's IQM with a 95% stratified-bootstrap interval."""
     csv_path = csv_path or csv_store.default_csv_path()
+    csv_store.clean_stale_temps(csv_path)
     rows = csv_store.read_rows(csv_path)
     text = table.render(rows, fmt, profile, source=_display_path(csv_path))
     if out is None:
@@ -80,7 +81,9 @@ def plot_command(profile, csv_path, out):
     algorithm's IQM with its 95% interval."""
     if out.suffix.lower() != ".png":
         raise UserError(f"--out {out} is not a .png file; accepted: a path ending in .png")
-    rows = csv_store.read_rows(csv_path or csv_store.default_csv_path())
+    csv_path = csv_path or csv_store.default_csv_path()
+    csv_store.clean_stale_temps(csv_path)
+    rows = csv_store.read_rows(csv_path)
     plot_blocks(table.build(rows, profile), out)
     click.echo(f"wrote {out}")
 

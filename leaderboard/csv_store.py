@@ -21,7 +21,10 @@ its directory.
 Writes are atomic: the existing file's bytes and the new rows go to a temporary file in the
 same directory, which is flushed, fsynced and renamed over the CSV (then the directory is
 fsynced). A publish killed at any point leaves the CSV either as it was or with all the new
-rows, never half a row. Concurrent publishes are serialized by an ``flock`` on the directory.
+rows, never half a row. Concurrent publishes are serialized by an ``flock`` on the directory
+(across processes of one machine; across machines only where the shared filesystem implements
+flock coherently, e.g. NFSv4 or CephFS). The rewritten CSV keeps its mode and owner, and the
+temporary file a killed publish leaves is removed by the next publish or `leaderboard` command.
 """
 
 from __future__ import annotations
@@ -35,6 +38,7 @@ import io
 import json
 import math
 import os
+import stat
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -170,14 +174,21 @@ def _resolve_dataset(result: dict, run_dir: Path) -> Path:
 
 
 def verify_store(path: Path):
-    """Open and fully re-verify a dataset store (the expensive part: reads every chunk)."""
+    """Open and fully re-verify a dataset store (the expensive part: reads every chunk). Any
+    problem refuses the run: a damaged store can fail in ways no check anticipated (a decode
+    error, unreadable metadata), and none of them may let a score through."""
     from lompo_bench import store  # the store is only needed when verifying
 
     try:
         dataset = store.Dataset.open(path)
     except UserError as exc:
         raise Refusal(f"dataset {path} is unusable: {exc.format_message()}") from exc
-    problems = store.verify(path)
+    except Exception as exc:
+        raise Refusal(f"dataset {path} is unusable: {type(exc).__name__}: {exc}") from exc
+    try:
+        problems = store.verify(path)
+    except Exception as exc:
+        problems = [f"verification stopped: {type(exc).__name__}: {exc}"]
     if problems:
         more = f" (+{len(problems) - 1} more)" if len(problems) > 1 else ""
         raise Refusal(f"dataset {path} fails verification: {problems[0]}{more}")
@@ -310,14 +321,45 @@ def ensure_csv(csv_path: Path | str) -> Path:
 
 @contextlib.contextmanager
 def _locked(directory: Path):
-    """Serialize writers of one directory's CSVs (flock on the directory itself: no lock file)."""
+    """Serialize writers of one directory's CSVs (flock on the directory itself: no lock file).
+    Holding it, the caller also removes temporary files that killed writers left behind."""
     fd = os.open(directory, os.O_RDONLY)
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        except OSError as exc:  # e.g. a network filesystem without flock support
+            raise UserError(f"cannot lock {directory} for publishing ({exc.strerror}); accepted: a "
+                            "directory on a filesystem with flock (local disks, NFSv4, CephFS)") from None
         yield
     finally:
         fcntl.flock(fd, fcntl.LOCK_UN)
         os.close(fd)
+
+
+def _temp_prefix(csv_path: Path) -> str:
+    return f".{csv_path.name}."
+
+
+def _remove_stale_temps(csv_path: Path) -> list[Path]:
+    """Remove the temporary files of killed publishes. Must be called with the directory lock
+    held: a live writer only has a temporary file while it holds that lock, so every one found
+    then belongs to a writer that died."""
+    removed = []
+    for tmp in csv_path.parent.glob(f"{_temp_prefix(csv_path)}*.tmp"):
+        with contextlib.suppress(OSError):  # gone already, or a directory we may not write
+            tmp.unlink()
+            removed.append(tmp)
+    return removed
+
+
+def clean_stale_temps(csv_path: Path | str | None = None) -> list[Path]:
+    """What `leaderboard` commands call first: remove temporary files a killed publish left
+    beside the CSV (only stale ones: the lock waits for a live publisher to finish)."""
+    csv_path = Path(csv_path) if csv_path is not None else default_csv_path()
+    if not csv_path.parent.is_dir() or not any(csv_path.parent.glob(f"{_temp_prefix(csv_path)}*.tmp")):
+        return []
+    with _locked(csv_path.parent):
+        return _remove_stale_temps(csv_path)
 
 
 def _replace(src: str, dst: Path) -> None:
@@ -333,18 +375,32 @@ def _fsync_dir(directory: Path) -> None:
         os.close(fd)
 
 
+def _new_file_mode() -> int:
+    """The mode ``open()`` would give a new file here (0666 less the umask)."""
+    umask = os.umask(0o022)
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
 def _write_atomic(csv_path: Path, new_rows: list[dict]) -> None:
     """Existing bytes + new rows -> temp file in the same directory -> fsync -> rename. Must be
-    called with the directory lock held."""
+    called with the directory lock held. The new file keeps the CSV's mode and owner (mkstemp
+    makes it 0600, which would take a shared leaderboard's read access away from others)."""
+    _remove_stale_temps(csv_path)
     existing = csv_path.read_bytes() if csv_path.exists() else b""
     if existing and not existing.endswith(b"\n"):
         existing += b"\n"
     payload = existing + _serialize(new_rows, header=not existing.strip()).encode()
-    fd, tmp = tempfile.mkstemp(dir=csv_path.parent, prefix=f".{csv_path.name}.", suffix=".tmp")
+    old = csv_path.stat() if csv_path.exists() else None
+    fd, tmp = tempfile.mkstemp(dir=csv_path.parent, prefix=_temp_prefix(csv_path), suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(payload)
             f.flush()
+            os.fchmod(f.fileno(), stat.S_IMODE(old.st_mode) if old else _new_file_mode())
+            if old is not None and (old.st_uid, old.st_gid) != (os.geteuid(), os.getegid()):
+                with contextlib.suppress(PermissionError):  # only root may give a file away
+                    os.fchown(f.fileno(), old.st_uid, old.st_gid)
             os.fsync(f.fileno())
         _replace(tmp, csv_path)
     except BaseException:
@@ -379,6 +435,7 @@ def publish(run_dirs, csv_path: Path | str | None = None, *, verify: bool = True
     report = PublishReport(csv_path=csv_path)
     verified_cache: dict = {}
     with _locked(csv_path.parent):
+        _remove_stale_temps(csv_path)  # a dry run or an all-refused publish cleans up too
         seen = {row["run_id"]: row for row in read_rows(csv_path)}
         for run_dir in map(Path, run_dirs):
             try:

@@ -15,6 +15,7 @@ COMMANDS = {
     "datasets": "lompo_bench.datasets_cli:datasets",
     "algos": "lompo_bench.run_cli:algos",
     "run": "lompo_bench.run_cli:run",
+    "sweep": "lompo_bench.sweep_cli:sweep",
     "leaderboard": "lompo_bench.leaderboard.cli:leaderboard",
 }
 
