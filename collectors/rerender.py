@@ -8,7 +8,7 @@ flags, extras such as ``shaped_reward``), only ``image`` rendered afresh at ``im
 plus a ``rerendered_from`` record (source path, source dataset id, source image size). The
 default output is ``<stem>-<size>px.zarr`` next to the source. Like every store write it
 resumes after a kill and refuses to replace an existing complete store without
-``overwrite``.
+``overwrite``. The source may be a URL (``Dataset.open``); the output is always local.
 """
 
 from __future__ import annotations
@@ -32,15 +32,18 @@ def default_out(path: Path, image_size: int) -> Path:
 def rerender(path, image_size: int, out=None, *, overwrite: bool = False, progress: bool = True) -> Path:
     """Write ``out`` (default :func:`default_out`) with every frame of ``path`` re-rendered at ``image_size``."""
     from lompo_bench import envs
-    from lompo_bench.store import Dataset, DatasetWriter
+    from lompo_bench.store import Dataset, DatasetWriter, check_out_path, is_url
 
     from .collect import check_target
 
-    path = Path(path)
+    remote = is_url(path)
+    path = path if remote else Path(path)
     image_size = envs.check_image_size(image_size)
+    if out is None and remote:
+        raise UserError(f"{path} is a URL; pass --out with a local path for the re-rendered store (writing is local)")
+    out = check_out_path(default_out(path, image_size) if out is None else Path(out))
     source = Dataset.open(path, cache_bytes=0)
-    out = default_out(path, image_size) if out is None else Path(out)
-    if out.resolve() == path.resolve():
+    if not remote and out.resolve() == path.resolve():
         raise UserError(f"--out {out} is the source store itself; choose another path")
     check_target(out, overwrite)
     attrs = {k: v for k, v in source.attrs.items() if k not in _WRITER_KEYS}

@@ -1,8 +1,14 @@
-"""``lompo-bench datasets``: list, inspect, verify and export dataset stores."""
+"""``lompo-bench datasets``: list, inspect, verify, migrate, re-render and export dataset stores.
+
+``info`` and ``verify`` (and ``export``, through ``Dataset.open``) take a local path or an
+fsspec URL (``http(s)://``, ``s3://``, ``gs://``, ``file://``); ``--cache-dir`` (or
+``$LOMPO_BENCH_CACHE``) keeps a remote store's raw chunks on local disk.
+"""
 
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import click
@@ -13,11 +19,25 @@ from .errors import UserError
 
 @click.group()
 def datasets():
-    """Dataset stores: list | info PATH | verify PATH | export PATH --format {npz,hdf5,minari}."""
+    """Dataset stores: list | info PATH | verify PATH | migrate PATH | rerender PATH | export PATH.
+
+    PATH is a store folder or a URL (http(s)://, s3://, gs://, file://)."""
 
 
 def _disk_bytes(path: Path) -> int:
     return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
+
+
+def _where(path: str):
+    """A URL stays a string (``Path`` would collapse its ``//``); anything else is a local path."""
+    from .store import is_url
+
+    return path if is_url(path) else Path(path).expanduser()
+
+
+_cache_dir_option = click.option(
+    "--cache-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+    help="Keep a remote store's raw chunks in this folder (default: $LOMPO_BENCH_CACHE, else none).")
 
 
 def _human(n: float) -> str:
@@ -51,6 +71,8 @@ def list_(root):
             table.add_row(str(p.relative_to(root)), "", "", "", "", "", f"[red]{exc.format_message()}[/red]", "")
             continue
         status = "complete" if a.get("complete") else "[yellow]incomplete[/yellow]"
+        if a.get("format_version") == 1:
+            status += " [yellow](format 1: datasets migrate)[/yellow]"
         episodes = a.get("num_episodes", a.get("progress", {}).get("episodes", 0))
         rows = a.get("num_rows", a.get("progress", {}).get("rows", 0))
         table.add_row(str(p.relative_to(root)), str(a.get("env", {}).get("name")), str(a.get("split")),
@@ -59,18 +81,20 @@ def list_(root):
 
 
 @datasets.command()
-@click.argument("path", type=click.Path(path_type=Path))
+@click.argument("path")
 @click.option("--json", "as_json", is_flag=True, help="All attributes as JSON.")
-def info(path, as_json):
-    """What a store holds: env, split, collector, sizes, arrays, checksums."""
+@_cache_dir_option
+def info(path, as_json, cache_dir):
+    """What a store holds: env, split, collector, sizes, arrays, checksums (after the cheap structure check)."""
     from .store import Dataset
 
-    ds = Dataset.open(path, cache_bytes=0, allow_incomplete=True)
+    ds = Dataset.open(_where(path), cache_bytes=0, allow_incomplete=True, cache_dir=cache_dir)
     arrays = {k: {"shape": list(ds.shape(k)), "dtype": str(ds.reader(k).dtype),
                   "chunk_rows": ds.reader(k).chunk_rows} for k in ds.keys}
     lengths = (ds.episode_ends - ds.episode_starts - 1).tolist()
-    summary = {"path": str(path), "num_episodes": ds.num_episodes, "num_rows": ds.num_rows,
-               "num_transitions": ds.num_transitions, "disk_bytes": _disk_bytes(Path(path)), "arrays": arrays,
+    summary = {"path": str(path), "format_version": ds.format_version, "num_episodes": ds.num_episodes,
+               "num_rows": ds.num_rows, "num_transitions": ds.num_transitions,
+               "disk_bytes": ds.location.disk_bytes(), "arrays": arrays,
                "episode_steps": {"min": min(lengths, default=0), "max": max(lengths, default=0)}}
     if as_json:
         click.echo(json.dumps({**summary, "attrs": ds.attrs}, indent=2, default=str))
@@ -86,7 +110,9 @@ def info(path, as_json):
                f"steps), {ds.num_transitions} transitions, {ds.num_rows} rows")
     ref = a.get("reference_returns") or {}
     click.echo(f"  reference  random {ref.get('random')}  expert {ref.get('expert')}")
-    click.echo(f"  storage    {a.get('storage', {}).get('codec')}, {_human(summary['disk_bytes'])} on disk")
+    disk = "size unknown (the server cannot list)" if summary["disk_bytes"] is None else \
+        f"{_human(summary['disk_bytes'])} on disk"
+    click.echo(f"  storage    format {ds.format_version}, {a.get('storage', {}).get('codec')}, {disk}")
     for k, v in arrays.items():
         click.echo(f"  data/{k:<12} {v['dtype']:<8} {tuple(v['shape'])}")
     click.echo(f"  checksum   {a.get('checksum')}")
@@ -95,29 +121,50 @@ def info(path, as_json):
 
 
 @datasets.command()
-@click.argument("path", type=click.Path(path_type=Path))
-def verify(path):
-    """Recompute every checksum and check the structure; exit 1 naming each problem."""
+@click.argument("path")
+@_cache_dir_option
+def verify(path, cache_dir):
+    """Recompute every checksum and check the structure and attributes; exit 1 naming each problem."""
     from rich.progress import Progress
 
     from .store import read_attrs, verify as verify_store
 
+    where = _where(path)
     try:
-        episodes = read_attrs(path).get("num_episodes") or 0
+        episodes = read_attrs(where).get("num_episodes") or 0
     except UserError:
         episodes = 0
+    if cache_dir is None and os.environ.get("LOMPO_BENCH_CACHE"):
+        cache_dir = os.environ["LOMPO_BENCH_CACHE"]
     with Progress(transient=True) as bar:
         task = bar.add_task("verifying", total=episodes or None)
-        problems = verify_store(path, progress=lambda done, total: bar.update(task, completed=done))
+        problems = verify_store(where, progress=lambda done, total: bar.update(task, completed=done),
+                                cache_dir=cache_dir)
     if problems:
         for p in problems:
             click.echo(f"problem: {p}", err=True)
         raise SystemExit(1)
-    click.echo(f"{path}: ok ({episodes} episodes, all checksums match)")
+    click.echo(f"{path}: ok ({episodes} episodes, all array and attribute checksums match)")
 
 
 @datasets.command()
 @click.argument("path", type=click.Path(path_type=Path))
+def migrate(path):
+    """Upgrade a format 1 store to the current format in place: verify every array, write the
+    chunk files format 1 skipped, add attribute checksums. The dataset id does not change."""
+    from rich.progress import Progress
+
+    from .store import migrate as migrate_store, read_attrs
+
+    episodes = read_attrs(path).get("num_episodes") or 0
+    with Progress(transient=True) as bar:
+        task = bar.add_task("verifying", total=episodes or None)
+        done = migrate_store(path, progress=lambda n, total: bar.update(task, completed=n))
+    click.echo(done)
+
+
+@datasets.command()
+@click.argument("path")
 @click.option("--image-size", type=int, required=True, help="Side of the new square frames, in pixels (32-1024).")
 @click.option("--out", type=click.Path(path_type=Path), default=None,
               help="New store (default: <stem>-<size>px.zarr next to PATH).")
@@ -126,7 +173,7 @@ def rerender(path, image_size, out, overwrite):
     """Re-render every frame of a store at another size from its physics states (no retraining)."""
     from .collectors.rerender import rerender as rerender_store
 
-    written = rerender_store(path, image_size, out, overwrite=overwrite)
+    written = rerender_store(_where(path), image_size, out, overwrite=overwrite)
     click.echo(f"wrote {written}")
 
 

@@ -5,7 +5,20 @@ from pathlib import Path
 
 
 def home() -> Path:
-    return Path(os.environ.get("LOMPO_BENCH_HOME", Path.home() / ".lompo-bench")).expanduser()
+    """The folder everything lives in; a one-line ``UserError`` if it (or a parent) is a file."""
+    from .errors import UserError
+
+    set_by_env = bool(os.environ.get("LOMPO_BENCH_HOME"))
+    path = Path(os.environ["LOMPO_BENCH_HOME"] if set_by_env else Path.home() / ".lompo-bench").expanduser()
+    name = f"LOMPO_BENCH_HOME={path}" if set_by_env else f"the default home {path}"
+    for folder in (path, *path.parents):
+        if folder.exists():
+            if not folder.is_dir():
+                what = "is a file" if folder == path else f"is inside {folder}, which is a file"
+                raise UserError(f"{name} {what}; it must be a folder (created if missing): point "
+                                f"LOMPO_BENCH_HOME at a folder")
+            break
+    return path
 
 
 def datasets_dir() -> Path:

@@ -269,6 +269,7 @@ class ArrayReader:
             names = names[:-1]
         if names not in (["bytes"], ["bytes", "blosc"]):
             raise UserError(accepted)
+        self._crc, self._blosc = 4 * crc, names == ["bytes", "blosc"]
         blosc = None
         if names == ["bytes", "blosc"]:
             from numcodecs import blosc
@@ -298,6 +299,23 @@ class ArrayReader:
 
     def chunk_path(self, c: int) -> Path:
         return self.loc.path / self.chunk_key(c)
+
+    def chunk_file_problem(self, c: int) -> str | None:
+        """What is wrong with local chunk file ``c`` seen from outside (missing, or not the size
+        its Blosc header and checksum say: truncated or extended), without decoding it."""
+        try:
+            with open(self.chunk_path(c), "rb") as f:
+                head, size = f.read(16), os.fstat(f.fileno()).st_size
+        except FileNotFoundError:
+            return "missing" if self.strict else None
+        except OSError as exc:
+            return f"unreadable: {exc.strerror or exc}"
+        want = self._crc
+        if self._blosc:
+            want += int.from_bytes(head[12:16], "little") if len(head) == 16 else -1
+        else:
+            want += int(np.prod(self.chunk_shape, dtype=np.int64)) * self.dtype.itemsize
+        return None if size == want else f"{size} bytes where its header says {want}"
 
     @property
     def num_chunks(self) -> int:
@@ -387,9 +405,10 @@ def structure_problems(loc: Location, attrs: dict, *, allow_incomplete: bool = F
     """The cheap checks every open makes: ``(problems, readers, episode_ends)``.
 
     Every array's stored shape and dtype against the schema and the row count, the episode
-    boundaries (decoded, checksummed, consistent), every chunk file present (local stores,
-    version 2) and, on a finished version 2 store, the attribute checksums. Reads no chunk
-    but those of ``meta/episode_ends``.
+    boundaries (decoded, checksummed, consistent), every chunk file present (version 2) and
+    of the size its header says (local stores: 16 bytes read per chunk file), and, on a
+    finished version 2 store, the attribute checksums. Decodes no chunk but those of
+    ``meta/episode_ends``.
     """
     complete = bool(attrs.get("complete"))
     strict = attrs.get("format_version", 1) >= 2
@@ -443,16 +462,14 @@ def structure_problems(loc: Location, attrs: dict, *, allow_incomplete: bool = F
             problems.append(f"meta/episode_ends: episodes must have >= 2 rows and the last must end at row {rows} "
                             f"(the store's row count); it ends at {int(ends[-1])}")
         readers["meta/episode_ends"] = ends_reader
-    if strict and loc.local:
-        for key, reader in readers.items():
-            n = -(-(rows if key != "meta/episode_ends" else episodes) // reader.chunk_rows)
-            keys = [reader.chunk_key(c) for c in range(n)]
-            gone = loc.missing(keys)
-            if gone:
-                first = keys.index(gone[0])
-                lo, hi = reader.rows_of(first)
-                problems.append(f"{reader.key if key == 'meta/episode_ends' else 'data/' + key}: "
-                                f"{len(gone)} of {n} chunk files missing (first: chunk {first}, rows {lo}-{hi - 1})")
+    if loc.local:
+        for reader in readers.values():
+            n = -(-(rows if reader.key != "meta/episode_ends" else episodes) // reader.chunk_rows)
+            bad = [(c, why) for c in range(n) if (why := reader.chunk_file_problem(c))]
+            if bad:
+                (first, why), (lo, hi) = bad[0], reader.rows_of(bad[0][0])
+                problems.append(f"{reader.key}: {len(bad)} of {n} chunk files damaged (first: chunk {first}, "
+                                f"rows {lo}-{hi - 1}, {why})")
     readers.pop("meta/episode_ends", None)
     return problems, readers, ends
 
