@@ -28,9 +28,11 @@ from .networks import activation, mlp
 def preprocess_images(images: torch.Tensor) -> torch.Tensor:
     """uint8 (..., H, W, 3) -> float32 (..., 3, H, W) scaled to [-0.5, 0.5] (the authors' scaling).
 
-    Float input is taken as already in [0, 255] pixel units (e.g. a float copy of the frames)."""
-    x = images.float() / 255.0 - 0.5
-    return x.movedim(-1, -3)
+    Float input is taken as already in [0, 255] pixel units (e.g. a float copy of the frames).
+    The result is a channels-last view (what the convolutions want); computed in place on one
+    fp32 copy, as it is the largest tensor of a model step."""
+    x = images.float() if images.dtype != torch.float32 else images.clone()
+    return x.div_(255.0).sub_(0.5).movedim(-1, -3)
 
 
 def _check_image_size(image_size: int) -> int:
@@ -112,7 +114,14 @@ class ConvDecoder(nn.Module):
     function faster: the first transposed convolution sees a 1x1 map, where it *is* a matrix
     product (out[o, y, x] = sum_c in[c] * W[c, o, y, x] + b[o]), and the maps run channels-last,
     the layout oneDNN's convolutions want. `reference_forward` runs the layers as constructed
-    (what the fast path is tested and benchmarked against)."""
+    (what the fast path is tested and benchmarked against).
+
+    Under bf16 autocast on CPU, oneDNN's bf16 transposed convolution is slow on small maps: the
+    5x5 -> 13x13 layer runs 1.45x faster in fp32 (benchmarks/bench_fastpath.py, measured with
+    one thread), so transposed convolutions whose input is smaller than `CPU_FP32_BELOW` px run
+    in fp32 there; the larger ones are faster in bf16 and stay in it."""
+
+    CPU_FP32_BELOW = 8
 
     def __init__(self, feature_dim: int, image_size: int, depth: int = 32, act: str = "relu"):
         super().__init__()
@@ -149,7 +158,13 @@ class ConvDecoder(nn.Module):
     def forward(self, features: torch.Tensor) -> torch.Tensor:
         batch_shape = features.shape[:-1]
         x = self._first_layer_as_matmul(self.project(features).reshape(-1, self.embed_channels))
-        x = self.net[1:](x)
+        fp32_small_maps = x.device.type == "cpu" and torch.is_autocast_enabled("cpu")
+        for layer in self.net[1:]:
+            if fp32_small_maps and isinstance(layer, nn.ConvTranspose2d) and x.shape[-1] < self.CPU_FP32_BELOW:
+                with torch.autocast("cpu", enabled=False):
+                    x = layer(x.float())
+            else:
+                x = layer(x)
         return self._finish(x, batch_shape)
 
     def reference_forward(self, features: torch.Tensor) -> torch.Tensor:
@@ -165,12 +180,32 @@ class ConvDecoder(nn.Module):
         return ((mean.float().clamp(-0.5, 0.5) + 0.5) * 255.0).round().to(torch.uint8).movedim(-3, -1)
 
 
-def image_log_likelihood(mean: torch.Tensor, images: torch.Tensor) -> torch.Tensor:
-    """Unit-variance Gaussian log-likelihood per image (summed over pixels, constants dropped).
+class _GaussianImageLogLikelihood(torch.autograd.Function):
+    """-0.5 * ||mean - target||^2 per image, in fp32, with two passes over the pixels forward
+    and one backward (the autograd of the plain expression makes ~6 image-sized passes and
+    copies, a fifth of a model step at the cpu sizes). The target gets no gradient."""
 
-    mean: (..., 3, H, W) decoder output; images: uint8 (..., H, W, 3). Returns (...)."""
-    target = preprocess_images(images)
-    return -0.5 * (mean.float() - target).pow(2).flatten(-3).sum(-1)
+    @staticmethod
+    def forward(ctx, mean: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        diff = torch.sub(mean, target.float())  # a bf16 mean is promoted: the error is fp32
+        ctx.save_for_backward(diff)
+        ctx.mean_dtype = mean.dtype
+        return -0.5 * torch.linalg.vector_norm(diff, dim=(-3, -2, -1)).square()
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        (diff,) = ctx.saved_tensors
+        return (diff * -grad[..., None, None, None]).to(ctx.mean_dtype), None
+
+
+def image_log_likelihood(mean: torch.Tensor, images: torch.Tensor, target: torch.Tensor | None = None) -> torch.Tensor:
+    """Unit-variance Gaussian log-likelihood per image (summed over pixels, constants dropped),
+    computed in fp32 whatever the mean's dtype.
+
+    mean: (..., 3, H, W) decoder output; images: uint8 (..., H, W, 3); `target`: the images
+    already through `preprocess_images`, where the caller has them. Returns (...)."""
+    target = preprocess_images(images) if target is None else target
+    return _GaussianImageLogLikelihood.apply(mean, target)
 
 
 class ObservationEncoder(nn.Module):
@@ -194,8 +229,11 @@ class ObservationEncoder(nn.Module):
                         if self.proprio_dim else None)
         self.out_dim = self.conv.out_dim + (proprio_out if self.proprio_dim else 0)
 
-    def forward(self, obs: dict) -> torch.Tensor:
-        features = self.conv(obs["image"])
+    def forward(self, obs: dict, preprocessed_image: torch.Tensor | None = None) -> torch.Tensor:
+        """`preprocessed_image`: `preprocess_images(obs["image"])`, where the caller has it (a
+        model that also reconstructs the frames computes it once)."""
+        features = (self.conv(obs["image"]) if preprocessed_image is None
+                    else self.conv(preprocessed_image, preprocess=False))
         if self.proprio is not None:
             features = torch.cat([features, self.proprio(obs["proprio"].float())], -1)
         return features

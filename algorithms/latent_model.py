@@ -47,7 +47,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from .encoders import ConvDecoder, ObservationEncoder, image_log_likelihood
+from .encoders import ConvDecoder, ObservationEncoder, image_log_likelihood, preprocess_images
 from .networks import EnsembleLinear, mlp
 
 PENALTIES = ("log_prob", "max_var", "mean")
@@ -188,10 +188,11 @@ class LatentModel(nn.Module):
         obs = {"image": batch["image"]}
         if self.proprio_dim:
             obs["proprio"] = batch["proprio"]
-        embed = self.embed(obs)
+        frames = preprocess_images(batch["image"])  # once: the encoder's input and the decoder's target
+        embed = self.encoder(obs, preprocessed_image=frames)
         posts, (post_mean, post_std), _ = self.observe(embed, batch["action"], batch["is_first"])
         features = posts.features()
-        image_ll = image_log_likelihood(self.decoder(features), batch["image"]).mean()
+        image_ll = image_log_likelihood(self.decoder(features), batch["image"], target=frames).mean()
         reward_ll = (-0.5 * (self.reward(features) - batch["reward"].float()).pow(2)).mean()
         recon = image_ll + reward_ll
         metrics = {"image_ll": image_ll.detach(), "reward_ll": reward_ll.detach()}

@@ -1,10 +1,12 @@
 """The CPU fast path against the reference implementation, side by side in one process.
 
-Reference: fp32 everywhere and the decoder run as Dreamer's layers are constructed
+Reference: fp32 everywhere, the decoder run as Dreamer's layers are constructed
 (`ConvDecoder.reference_forward`: the projection to a 1x1 map, every transposed convolution
-as a layer, NCHW maps). Fast path (the default, `precision="bf16"`): bf16 autocast for the
+as a layer, NCHW maps) and the image likelihood as the plain expression on frames
+preprocessed twice (encoder input, decoder target), as before the fast path. Fast path (the default, `precision="bf16"`): bf16 autocast for the
 bodies with fp32 output layers and losses, the decoder's first transposed convolution as the
-matrix product it is on a 1x1 map, channels-last maps (algorithms/precision.py, encoders.py).
+matrix product it is on a 1x1 map, channels-last maps, frames preprocessed once and a fused
+image likelihood (algorithms/precision.py, encoders.py).
 
 Timed, at the `cpu` profile's sizes and walker's 64 px frames, on random inputs (speed does
 not depend on the pixels):
@@ -23,6 +25,7 @@ Writes bench-output/bench_fastpath.json.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import statistics
 import sys
@@ -51,20 +54,45 @@ def lompo_cpu_config():
     return LOMPO.config_for("cpu", walker_spec())
 
 
+def reference_preprocess(images: torch.Tensor) -> torch.Tensor:
+    return (images.float() / 255.0 - 0.5).movedim(-1, -3)
+
+
+def reference_image_log_likelihood(mean, images, target=None):
+    """The likelihood before the fast path: preprocesses its own target, plain autograd."""
+    return -0.5 * (mean.float() - reference_preprocess(images)).pow(2).flatten(-3).sum(-1)
+
+
+@contextlib.contextmanager
+def reference_image_ops():
+    """The latent model's image pre/post-processing as it was: frames preprocessed by the
+    encoder and again for the likelihood, which autograd differentiates op by op."""
+    from lompo_bench.algorithms import latent_model
+
+    saved = latent_model.preprocess_images, latent_model.image_log_likelihood
+    latent_model.preprocess_images = lambda images: images  # the encoder preprocesses (below)
+    latent_model.image_log_likelihood = reference_image_log_likelihood
+    try:
+        yield
+    finally:
+        latent_model.preprocess_images, latent_model.image_log_likelihood = saved
+
+
 def model_step(kind: str, seed: int = 0):
     """A closure doing one latent-model gradient step as LOMPO's model phase does, and the
     model. `kind` "reference" runs the decoder's layers as constructed, in fp32."""
     from lompo_bench.algorithms import precision
-    from lompo_bench.algorithms.latent_model import LatentModel
+    from lompo_bench.algorithms.lompo import LOMPO
 
     c, spec = lompo_cpu_config(), walker_spec()
-    torch.manual_seed(seed)
-    model = LatentModel(spec.image_shape, spec.proprio_dim, spec.action_dim, depth=c.depth, deter=c.deter,
-                        stoch=c.stoch, hidden=c.hidden, heads=c.heads, reward_hidden=c.reward_hidden,
-                        free_nats=c.free_nats, kl_balance=c.kl_balance)
+    agent = LOMPO(c, spec, seed=seed)  # LOMPO's own model and optimizer settings
+    model, optim = agent.model, agent.model_optim
     if kind == "reference":
         model.decoder.forward = model.decoder.reference_forward  # the original layer construction
-    optim = torch.optim.Adam(model.parameters(), lr=c.model_lr, eps=c.model_eps)
+        encode = model.encoder.forward
+        # Frames come in as uint8 (reference_image_ops skips the shared preprocessing): the conv
+        # encoder preprocesses them itself, as it did.
+        model.encoder.forward = lambda obs, preprocessed_image=None: encode(obs)
     rng = np.random.default_rng(seed)
     b, l = c.model_batch, c.model_length
     batch = {"image": torch.from_numpy(rng.integers(0, 256, (b, l, IMAGE_SIZE, IMAGE_SIZE, 3), dtype=np.uint8)),
@@ -73,7 +101,8 @@ def model_step(kind: str, seed: int = 0):
              "is_first": torch.from_numpy(np.arange(l)[None].repeat(b, 0) == 0)}
 
     def step():
-        with precision.autocast(PRECISIONS[kind]):
+        ops = reference_image_ops() if kind == "reference" else contextlib.nullcontext()
+        with precision.autocast(PRECISIONS[kind]), ops:
             loss, _, _ = model.loss(batch)
         optim.zero_grad(set_to_none=True)
         loss.backward()
@@ -157,6 +186,7 @@ def main(argv=None) -> int:
     parser.add_argument("--threads", type=int, default=1,
                         help="torch CPU threads (default 1; more only on an idle machine: on shared cores extra "
                              "threads spin-wait and run many times slower)")
+    parser.add_argument("--only", default=None, help="comma-separated subset: model,sac,cql,bc")
     parser.add_argument("--out", default=str(ROOT / "bench-output" / "bench_fastpath.json"))
     args = parser.parse_args(argv)
     torch.set_num_threads(max(1, args.threads))
@@ -166,6 +196,9 @@ def main(argv=None) -> int:
              "BC update": 4 if args.quick else 8}
     builders = {"model step": lambda kind: model_step(kind)[0], "latent SAC update": sac_update,
                 "CQL update": cql_update, "BC update": bc_update}
+    if args.only:
+        keep = {"model": "model step", "sac": "latent SAC update", "cql": "CQL update", "bc": "BC update"}
+        builders = {keep[k]: builders[keep[k]] for k in args.only.split(",")}
     c = lompo_cpu_config()
     sizes = {"model step": f"{c.model_batch}x{c.model_length} windows, depth {c.depth}, deter {c.deter}",
              "latent SAC update": f"{c.agent_batch} real + {c.agent_batch} latent",
@@ -194,7 +227,7 @@ def main(argv=None) -> int:
         ref, fast = (statistics.median(times[(name, k)]) for k in PRECISIONS)
         rows.append({"what": name, "sizes": sizes[name], "reference_s": ref, "fast_s": fast, "speedup": ref / fast,
                      "reference_rounds_s": times[(name, "reference")], "fast_rounds_s": times[(name, "fast")]})
-    model = rows[0]
+    model = next((r for r in rows if r["what"] == "model step"), rows[0])
     gflops = {"model_step_gflop": flops / 1e9, "reference_gflop_per_s": flops / 1e9 / model["reference_s"],
               "fast_gflop_per_s": flops / 1e9 / model["fast_s"], "bf16_matmul_gflop_per_s": bf16_rate,
               "fp32_matmul_gflop_per_s": fp32_rate}
