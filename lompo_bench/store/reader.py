@@ -281,7 +281,10 @@ class ArrayReader:
 
         def decode(raw: bytes) -> np.ndarray:
             if check is not None:
-                raw = check.decode(raw)  # raises on a checksum mismatch; returns the payload
+                try:
+                    raw = check.decode(raw)  # the payload, after comparing the stored checksum
+                except (RuntimeError, ValueError):
+                    raise ValueError("its CRC32C does not match its bytes (changed after writing)") from None
             if blosc is not None:
                 # Blosc trusts its header: a truncated frame would decode past its end.
                 # (header: 16 bytes, compressed size at bytes 12-15)
