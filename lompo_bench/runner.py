@@ -677,7 +677,7 @@ class TensorBoardLog(Callback):
     def on_start(self, trainer):
         from torch.utils.tensorboard import SummaryWriter
 
-        self.writer = SummaryWriter(str(trainer.run_dir / "tb"), purge_step=trainer.step + 1)
+        self.writer = SummaryWriter(str(trainer.run_dir / "tb"), purge_step=trainer.step + 1, flush_secs=30)
 
     def on_log(self, trainer, step, means):
         for k, v in means.items():

@@ -104,9 +104,35 @@ def test_normalized_score_settings_and_steps_reach_the_run(tmp_path):
     assert res["split"] == "scripted" and res["dataset_path"] == str(data)
     assert res["config"]["lr"] == 1e-3 and res["config"]["augment_pad"] == 0 and res["train_steps"] == 12
     assert res["eval_episodes"] == 3
-    assert res["normalized_score"] == pytest.approx(res["raw_return"])
-    assert [int(r["step"]) for r in read_csv(out / "eval.csv")] == [5, 10, 12]
+    assert res["normalized_score"] == pytest.approx(res["raw_return"]) and res["normalized_score_reason"] is None
+    evals = read_csv(out / "eval.csv")
+    assert [int(r["step"]) for r in evals] == [5, 10, 12]
     assert len(res["eval_returns"]) == 3
+    # The final evaluation is the score; best and the mean of the last three show the noise.
+    returns = [float(r["mean_return"]) for r in evals]
+    assert res["raw_return"] == pytest.approx(returns[-1])
+    best = max(range(3), key=returns.__getitem__)
+    assert res["best"] == {"step": [5, 10, 12][best], "raw_return": pytest.approx(returns[best]),
+                           "normalized_score": pytest.approx(returns[best])}
+    assert res["last3_mean"]["steps"] == [5, 10, 12]
+    assert res["last3_mean"]["raw_return"] == pytest.approx(sum(returns) / 3)
+    assert res["last3_mean"]["normalized_score"] == pytest.approx(sum(returns) / 3)
+
+
+@pytest.mark.parametrize("references", [(50.0, 20.0), (30.0, 30.0)])
+def test_no_normalized_score_where_the_expert_is_not_above_random(references, tmp_path):
+    """D4RL's scale needs expert > random (a smoke walker dataset's SAC expert is below its random
+    policy; its runs used to write scores like 219.6)."""
+    data = write_scripted_store(tmp_path / "scripted.zarr", "walker", lambda obs, rng: rng.uniform(-1, 1, 6),
+                                episodes=2, steps=10, reference_returns=references)
+    out = run("bc", "walker", profile="smoke", data=data, steps=4, eval_every=2, eval_episodes=1,
+              out=tmp_path / "run", progress=False)
+    res = json.loads((out / "result.json").read_text())
+    assert res["normalized_score"] is None and res["best"]["normalized_score"] is None
+    assert res["last3_mean"]["normalized_score"] is None and math.isfinite(res["last3_mean"]["raw_return"])
+    assert res["normalized_score_reason"] == (f"the dataset's expert return ({references[1]:.4g}) is not above its "
+                                              f"random return ({references[0]:.4g}), so the normalized score is undefined")
+    assert [r["normalized_score"] for r in read_csv(out / "eval.csv")] == ["", ""]
 
 
 @pytest.mark.parametrize("algo,env", [
@@ -291,6 +317,110 @@ def test_sigterm_checkpoints_and_stops_then_the_same_command_resumes(smoke_datas
     resumed = run("bc", "walker", "random", profile="smoke", steps=steps, out=out, checkpoint_every=25, progress=False)
     res = json.loads((resumed / "result.json").read_text())
     assert res["gradient_steps"] == steps
+
+
+def tensorboard_steps(tb_dir, purge: bool) -> dict[str, list[int]]:
+    """Each scalar tag's steps as TensorBoard shows them (`purge`: honouring purge_step) or
+    as the event files hold them."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    acc = EventAccumulator(str(tb_dir), size_guidance={"scalars": 0}, purge_orphaned_data=purge)
+    acc.Reload()
+    return {tag: [e.step for e in acc.Scalars(tag)] for tag in acc.Tags()["scalars"]}
+
+
+def test_a_resumed_run_has_strictly_increasing_tensorboard_steps(smoke_dataset, tmp_path):
+    smoke_dataset("walker")
+    out, steps = tmp_path / "run", 1500
+    command = [sys.executable, "-m", "lompo_bench.cli", "run", "bc", *SMOKE, "--steps", str(steps),
+               "--checkpoint-every", "500", "--eval-every", str(steps), "--out", str(out)]
+    with open(tmp_path / "first.log", "w") as log:
+        proc = subprocess.Popen(command, env={**os.environ, "OMP_NUM_THREADS": "1"}, stdout=log, stderr=log)
+        wait_for_checkpoint(proc, out / "checkpoint.pt")
+        # Kill once the event file holds steps past the checkpoint, which the resumed run logs again.
+        deadline = time.monotonic() + 240
+        while proc.poll() is None and time.monotonic() < deadline:
+            logged = max(tensorboard_steps(out / "tb", purge=False).get("train/bc_loss", [0]))
+            if logged > checkpoint_step(out / "checkpoint.pt") + 10:
+                break
+            time.sleep(0.2)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    killed_at = checkpoint_step(out / "checkpoint.pt")
+    assert max(tensorboard_steps(out / "tb", purge=False)["train/bc_loss"]) > killed_at, "killed too early"
+    assert killed_at < steps and not (out / "result.json").exists()
+
+    run("bc", "walker", "random", profile="smoke", steps=steps, out=out, checkpoint_every=500, eval_every=steps,
+        progress=False)
+    raw = tensorboard_steps(out / "tb", purge=False)["train/bc_loss"]
+    assert len(raw) > len(set(raw))  # the files do hold the killed run's steps past its checkpoint...
+    shown = tensorboard_steps(out / "tb", purge=True)
+    for tag, tag_steps in shown.items():  # ...and TensorBoard shows each step once, in order
+        assert all(a < b for a, b in zip(tag_steps, tag_steps[1:])), tag
+    assert shown["train/bc_loss"] == [int(r["step"]) for r in read_csv(out / "metrics.csv")]  # as metrics.csv
+    assert shown["eval/mean_return"] == [steps]
+
+
+# --------------------------------------------------------------------------------------------
+# One trainer per run directory, across processes and machines
+
+
+HOLD_LOCK = """
+import sys, time
+from pathlib import Path
+from lompo_bench.runner import RunLock
+RunLock(Path(sys.argv[1])).acquire()
+print("held", flush=True)
+time.sleep(600)
+"""
+
+
+def test_a_run_dir_is_trained_by_one_process_at_a_time(smoke_dataset, tmp_path):
+    import socket
+
+    smoke_dataset("walker")
+    out = tmp_path / "run"
+    out.mkdir()
+    holder = subprocess.Popen([sys.executable, "-c", HOLD_LOCK, str(out)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        busy = invoke("run", "bc", *SMOKE, "--out", str(out))
+        assert_one_line_error(busy, f"{out} is being trained by pid {holder.pid} on host {socket.gethostname()}",
+                              str(out / ".lock"))
+        assert not (out / "config.json").exists() and not (out / "checkpoint.pt").exists()
+    finally:
+        holder.send_signal(signal.SIGKILL)
+        holder.wait()
+    # The holder died without giving the lock back: its pid is gone on this host, so the lock is stale.
+    assert (out / ".lock").exists()
+    result = invoke("run", "bc", *SMOKE, "--out", str(out))
+    assert result.exit_code == 0, result.output
+    assert (out / "result.json").exists() and not (out / ".lock").exists()
+
+
+def test_a_lock_of_another_machine_holds_while_its_heartbeat_is_fresh(tmp_path):
+    from lompo_bench.runner import LOCK_STALE_S, RunLock, RunLocked
+
+    lock_file = tmp_path / ".lock"
+    lock_file.write_text(json.dumps({"host": "other-machine", "boot_id": "x", "pid": os.getpid(),
+                                     "started": "2026-01-01T00:00:00+00:00", "token": "theirs"}))
+    with pytest.raises(RunLocked, match="pid .* on host other-machine since 2026-01-01"):
+        RunLock(tmp_path).acquire()
+    old = time.time() - LOCK_STALE_S - 5  # its holder stopped beating: a dead machine
+    os.utime(lock_file, (old, old))
+    lock = RunLock(tmp_path, heartbeat_s=0.05).acquire()
+    try:
+        assert lock.holds() and json.loads(lock_file.read_text())["host"] != "other-machine"
+        os.utime(lock_file, (old, old))
+        time.sleep(0.5)
+        assert time.time() - lock_file.stat().st_mtime < 5  # the heartbeat keeps it fresh
+        # Taken over by someone who found us stale: we notice and never delete their lock.
+        lock_file.write_text(json.dumps({"host": "other-machine", "pid": 1, "token": "theirs"}))
+        time.sleep(0.5)
+        assert lock.lost
+    finally:
+        lock.release()
+    assert json.loads(lock_file.read_text())["token"] == "theirs"
 
 
 # --------------------------------------------------------------------------------------------
