@@ -137,7 +137,7 @@ class Location:
             except Exception as exc:  # a transport failure (refused connection, DNS, auth)
                 raise _remote_error(self, exc) from None
             for i, url in zip(fetch, urls):
-                value = got.get(url) if isinstance(got, dict) else got
+                value = got.get(url, got.get(self.fs._strip_protocol(url))) if isinstance(got, dict) else got
                 if isinstance(value, FileNotFoundError):
                     raise FileNotFoundError(url)
                 if isinstance(value, BaseException):

@@ -51,9 +51,9 @@ def is_store(path: Path) -> bool:
 def check_out_path(path: Path, what: str = "--out") -> Path:
     """``path`` can hold a new store: not an existing regular file, no regular file among its
     parents. Returns it; raises a one-line ``UserError`` otherwise."""
-    path = Path(path)
     if "://" in str(path):
         raise UserError(f"{what} {path}: stores are written to local folders only; write it here and serve or upload the folder")
+    path = Path(path)
     if path.exists() and not path.is_dir():
         raise UserError(f"{what} {path} is an existing file, not a folder; choose a new path for the <name>.zarr store")
     for parent in path.parents:
