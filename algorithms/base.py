@@ -2,9 +2,15 @@
 
 An algorithm is a class with one config dataclass (the paper's defaults), a per-profile
 scaling of it, one `train_step` the runner calls in a loop, and a `policy()` the evaluator
-runs in the real environment. The runner (`lompo_bench.runner`) owns everything around the
-update: the loop, progress bar, metrics log, checkpoints and resume, evaluation schedule and
-`result.json`, so an algorithm module reads top to bottom as its own method and nothing else.
+runs in the real environment. The runner (`lompo_bench.runner.Trainer` and its callbacks)
+owns everything around the update: the loop, progress, metrics log, checkpoints and resume,
+evaluation schedule, the run lock and `result.json`, so an algorithm module reads top to
+bottom as its own method and nothing else. An algorithm never prints: what it returns from
+`train_step` reaches metrics.csv and TensorBoard.
+
+Construction (`Algorithm(config, spec, ...)`) may raise ValueError/RuntimeError/TypeError for a
+config value its networks or optimizers reject; the runner turns that into a one-line error
+naming the `--set` that caused it.
 """
 
 from __future__ import annotations

@@ -499,7 +499,7 @@ class RunLock:
         try:
             for _ in range(5):
                 try:
-                    os.link(tmp, self.path)
+                    self._create(tmp, content)
                     break
                 except FileExistsError:
                     holder = self.read()
@@ -517,6 +517,17 @@ class RunLock:
         self._thread = threading.Thread(target=self._beat, name="run-lock-heartbeat", daemon=True)
         self._thread.start()
         return self
+
+    def _create(self, tmp: Path, content: str) -> None:
+        """Make the lock file or raise FileExistsError."""
+        try:
+            os.link(tmp, self.path)
+        except FileExistsError:
+            raise
+        except OSError:  # a filesystem without hard links: exclusive create, then write
+            fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            with os.fdopen(fd, "w") as f:
+                f.write(content)
 
     def _break(self, stale: dict) -> None:
         guard = self.path.with_name(self.name + ".break")
@@ -954,13 +965,17 @@ class Trainer:
         base = self.cls.config_for(s.profile, self.spec)
         if s.steps is not None:
             base = scale_steps(self.cls, base, int(s.steps))
-        culprits = []
-        for key, value in s.overrides.items():
+        def fails(config) -> bool:
             try:
-                self.cls(apply_overrides(base, {key: value}, s.algo), self.spec, device=self.device, seed=self.seed)
+                self.cls(config, self.spec, device=self.device, seed=self.seed)
             except (ValueError, RuntimeError, TypeError):
-                culprits.append(key)
-        return culprits or list(s.overrides)
+                return True
+            return False
+
+        if fails(base):
+            return []  # the algorithm fails without any --set: not the user's doing
+        culprits = [key for key, value in s.overrides.items() if fails(apply_overrides(base, {key: value}, s.algo))]
+        return culprits or list(s.overrides)  # only the combination fails
 
     # -- the run directory: lock, check, resume or start
     def open(self) -> "Trainer":
@@ -972,12 +987,13 @@ class Trainer:
         except OSError as exc:  # a parent that is a file, no permission, a full disk
             raise UserError(f"cannot make the run folder {self.run_dir}: {exc.strerror or exc}; "
                             "accepted: --out in a writable folder") from None
-        self.lock = RunLock(self.run_dir).acquire()
         try:
+            self.lock = RunLock(self.run_dir).acquire()
             resuming = prepare_run_dir(self.run_dir, self.identity, self.settings.overwrite)
         except UserError:
-            self.lock.release()
-            self.lock = None
+            if self.lock is not None:
+                self.lock.release()
+                self.lock = None
             if created:
                 shutil.rmtree(self.run_dir, ignore_errors=True)
             raise
