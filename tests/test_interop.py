@@ -19,20 +19,13 @@ from lompo_bench.interop_cli import import_ as import_cmd
 from lompo_bench.store import Dataset, DatasetWriter, verify
 from lompo_bench.store.exporters import d3rlpy_episode, export
 
-EPISODES = 2
 ROW_KEYS = ("action", "reward", "is_first", "is_last", "is_terminal")
 
 
-@pytest.fixture(scope="module")
-def walker_store(tmp_path_factory):
-    """A real walker random-split store at V-D4RL's Offline DV2 size (64 px), smoke episodes."""
-    from lompo_bench.collectors.random_policy import collect_random
-
-    home = tmp_path_factory.mktemp("home")
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("LOMPO_BENCH_HOME", str(home))
-        yield collect_random("walker", profile="smoke", seed=5, episodes=EPISODES, out=home / "walker.zarr",
-                             image_size=64, progress=False)
+@pytest.fixture
+def walker_store(smoke_dataset):
+    """The session's real walker smoke store (random split, 32 px frames); only read here."""
+    return smoke_dataset("walker")
 
 
 @pytest.fixture
@@ -96,7 +89,7 @@ def test_minari_round_trip_is_exact_and_recovers_the_env(walker_store, minari_ro
     assert data.storage.metadata.get("ref_min_score") == (random_return if expert_return is not None else None)
     env = data.recover_environment()
     obs, _ = env.reset(seed=0)
-    assert obs["image"].shape == (64, 64, 3) and env.spec.max_episode_steps == ds.attrs["env"]["horizon"]
+    assert obs["image"].shape == (32, 32, 3) and env.spec.max_episode_steps == ds.attrs["env"]["horizon"]
     env.close()
 
     lossy = invoke(export_cmd, [walker_store, "--format", "minari", "--out", "lompo-bench/walker-jpeg-v0", "--jpeg"])
@@ -121,7 +114,7 @@ def test_minari_failures_leave_nothing_and_overwrite_replaces(walker_store, mina
     dataset_id = "lompo-bench/walker-random-v0"
     assert invoke(export_cmd, [walker_store, "--format", "minari"]).exit_code == 0
     assert_one_line_error(invoke(export_cmd, [walker_store, "--format", "minari"]), "exists", "--overwrite")
-    assert minari.load_dataset(dataset_id).total_episodes == EPISODES
+    assert minari.load_dataset(dataset_id).total_episodes == Dataset.open(walker_store).num_episodes
 
     # --overwrite really replaces: another store (an env without an env spec) takes the id.
     other = synthetic_store(tmp_path / "synthetic.zarr", episodes=3)
@@ -145,7 +138,7 @@ def assert_store_rows_equal(imported, source, keys=ROW_KEYS):
 
 def test_vd4rl_npz_export_and_import_round_trip(walker_store, tmp_path):
     out = tmp_path / "vd4rl-npz"
-    assert invoke(export_cmd, [walker_store, "--format", "vd4rl-npz", "--out", out]).exit_code == 0
+    assert invoke(export_cmd, [walker_store, "--format", "vd4rl-npz", "--out", out, "--image-size", "32"]).exit_code == 0
     files = sorted(out.glob("*.npz"))
     ds = Dataset.open(walker_store)
     assert len(files) == ds.num_episodes
@@ -154,7 +147,7 @@ def test_vd4rl_npz_export_and_import_round_trip(walker_store, tmp_path):
         assert int(str(path).split("-")[-1][:-4]) == rows
         with np.load(path) as z:
             assert set(z.files) == {"image", "action", "reward", "discount", "is_first", "is_last", "is_terminal"}
-            assert z["image"].shape == (rows, 64, 64, 3) and z["image"].dtype == np.uint8
+            assert z["image"].shape == (rows, 32, 32, 3) and z["image"].dtype == np.uint8
             assert not z["action"][0].any() and z["is_first"][0] and z["is_last"][-1] and (z["discount"] == 1).all()
 
     store = tmp_path / "back.zarr"
@@ -164,7 +157,7 @@ def test_vd4rl_npz_export_and_import_round_trip(walker_store, tmp_path):
     assert_store_rows_equal(store, walker_store, ROW_KEYS + ("image",))
     back = Dataset.open(store)
     assert back.reference_returns == (1.5, 900.0) and back.attrs["env"]["horizon"] == ds.attrs["env"]["horizon"]
-    assert back.attrs["env"]["name"] == "walker" and back.attrs["env"]["image_size"] == 64
+    assert back.attrs["env"]["name"] == "walker" and back.attrs["env"]["image_size"] == 32
     assert_one_line_error(invoke(import_cmd, [out, "--format", "vd4rl-npz", "--env", "walker", "--out", store]),
                           "exists", "--overwrite")
 
@@ -172,7 +165,7 @@ def test_vd4rl_npz_export_and_import_round_trip(walker_store, tmp_path):
 def test_vd4rl_hdf5_export_rerenders_to_84px_and_imports_back(walker_store, tmp_path):
     out = tmp_path / "vd4rl-hdf5"
     result = invoke(export_cmd, [walker_store, "--format", "vd4rl-hdf5", "--out", out])
-    assert result.exit_code == 0 and "64 px -> 84 px" in result.output, result.output
+    assert result.exit_code == 0 and "32 px -> 84 px" in result.output, result.output
     ds = Dataset.open(walker_store)
     (shard,) = sorted(out.glob("*.hdf5"))
     with h5py.File(shard) as f:
@@ -284,7 +277,7 @@ def test_d3rlpy_export_keeps_whole_episodes_channel_first(walker_store, tmp_path
     with np.load(out) as z:
         assert set(z.files) == {"observations", "actions", "rewards", "terminals", "timeouts"}
         obs, actions, rewards, timeouts = z["observations"], z["actions"], z["rewards"], z["timeouts"]
-        assert obs.shape == (ds.num_rows, 3, 64, 64) and obs.dtype == np.uint8
+        assert obs.shape == (ds.num_rows, 3, 32, 32) and obs.dtype == np.uint8
         assert timeouts.sum() == ds.num_episodes and not z["terminals"].any()
     ends = np.flatnonzero(timeouts) + 1  # d3rlpy's episode boundaries
     np.testing.assert_array_equal(ends, ds.episode_ends)
