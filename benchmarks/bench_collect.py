@@ -2,6 +2,7 @@
 rendering frames from physics states costs at dataset-write time.
 
     python benchmarks/bench_collect.py [--env walker] [--steps 600] [--frames 200]
+    python benchmarks/bench_collect.py --compare [--env walker] [--steps 600] [--rounds 5]
 
 1. SAC (the env's cpu-profile settings: 256x256 MLPs, batch 256, one update per step) on the
    ``state`` env, timed over ``--steps`` agent steps after a warm-up that fills the buffer,
@@ -11,6 +12,11 @@ rendering frames from physics states costs at dataset-write time.
 3. Writing one dataset episode by episode: rendering the frames from physics states
    (``render_states``) vs the store write (compression, checksums), per frame, at the
    profile's and the paper's image sizes.
+
+``--compare`` instead times SB3's own ``SAC`` against the collector's ``CollectorSAC``
+(collectors/sac.py: the same algorithm with a leaner gradient step) in interleaved rounds of
+``--steps / --rounds`` agent steps each, both recording, and reports the median steps/s of
+each and their ratio (``bench-output/bench_collect_compare.json``).
 
 Prints a table and writes ``bench-output/bench_collect.json``. Timings are wall-clock on
 whatever else the machine is doing.
@@ -51,6 +57,46 @@ def time_sac(env_name: str, steps: int, record: bool, warmup: int) -> float:
     elapsed = time.perf_counter() - start
     shutil.rmtree(tmp, ignore_errors=True)
     return steps / elapsed
+
+
+def compare_sac(env_name: str, steps: int, rounds: int, warmup: int) -> dict:
+    """Agent steps/s of SB3's SAC and of CollectorSAC, same settings and seed, interleaved."""
+    import dataclasses
+    import statistics
+
+    import torch
+    from stable_baselines3 import SAC
+    from stable_baselines3.common.vec_env import DummyVecEnv
+
+    from lompo_bench.collectors import config, sac
+
+    torch.set_num_threads(1)  # as the collector runs
+    budget = config.budget(env_name, "cpu")
+    cfg = dataclasses.replace(sac.effective_config(env_name, budget), learning_starts=warmup)
+    tmp = Path(tempfile.mkdtemp())
+    models = {}
+    for name in ("sb3 SAC", "CollectorSAC"):
+        log = sac.ReplayLog(tmp / name.replace(" ", "_"), budget.log_chunk_rows)
+        wrapper = sac.RecordingStateEnv(sac.make_env(env_name, budget), 0, log)
+        model = sac._new_model(env_name, DummyVecEnv([lambda: wrapper]), cfg, budget, 0)
+        if name == "sb3 SAC":  # SB3's own class and optimizer settings
+            model = SAC("MlpPolicy", model.env, learning_rate=cfg.learning_rate, buffer_size=cfg.buffer_size,
+                        learning_starts=cfg.learning_starts, batch_size=cfg.batch_size, tau=cfg.tau, gamma=cfg.gamma,
+                        train_freq=cfg.train_freq, gradient_steps=cfg.gradient_steps, ent_coef=cfg.ent_coef,
+                        policy_kwargs={"net_arch": list(cfg.net_arch)}, seed=0, device="auto", verbose=0)
+        model.learn(total_timesteps=warmup + 1)  # fills the buffer, first update
+        models[name] = model
+    per_round = max(1, steps // rounds)
+    rates: dict[str, list[float]] = {name: [] for name in models}
+    for _ in range(rounds):
+        for name, model in models.items():
+            start = time.perf_counter()
+            model.learn(total_timesteps=per_round, reset_num_timesteps=False)
+            rates[name].append(per_round / (time.perf_counter() - start))
+    shutil.rmtree(tmp, ignore_errors=True)
+    medians = {name: statistics.median(r) for name, r in rates.items()}
+    return {"env": env_name, "batch_size": cfg.batch_size, "net_arch": list(cfg.net_arch), "rounds": rates,
+            "steps_per_s": medians, "speedup": medians["CollectorSAC"] / medians["sb3 SAC"]}
 
 
 def time_env(env_name: str, steps: int, record: bool) -> float:
@@ -117,7 +163,21 @@ def main():
     parser.add_argument("--env", default="walker")
     parser.add_argument("--steps", type=int, default=600, help="timed SAC agent steps per variant")
     parser.add_argument("--frames", type=int, default=200, help="frames written per image size")
+    parser.add_argument("--compare", action="store_true", help="SB3's SAC vs CollectorSAC, interleaved rounds")
+    parser.add_argument("--rounds", type=int, default=5, help="rounds of --compare")
     args = parser.parse_args()
+    if args.compare:
+        res = compare_sac(args.env, args.steps, args.rounds, warmup=300)
+        print(f"SAC agent steps/s on {args.env} (batch {res['batch_size']}, {res['net_arch']}, one update per step, "
+              f"recording), median of {args.rounds} interleaved rounds")
+        for name, rate in res["steps_per_s"].items():
+            print(f"  {name:<14}{rate:>8.1f}")
+        print(f"  speedup       {res['speedup']:>8.2f}x")
+        dest = Path("bench-output")
+        dest.mkdir(exist_ok=True)
+        (dest / "bench_collect_compare.json").write_text(json.dumps(res, indent=2))
+        print(f"wrote {dest / 'bench_collect_compare.json'}")
+        return
 
     from lompo_bench import envs
 
