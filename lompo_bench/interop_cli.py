@@ -13,7 +13,7 @@ from .store.importers import FORMATS as IMPORT_FORMATS
 
 
 @click.command()
-@click.argument("path", type=click.Path(path_type=Path))
+@click.argument("path")  # a store folder or URL
 @click.option("--format", "fmt", type=click.Choice(EXPORT_FORMATS), required=True,
               help="npz/hdf5: D4RL keys; minari: a local Minari dataset; vd4rl-npz: V-D4RL's Offline DV2 "
                    "folder (64 px); vd4rl-hdf5: V-D4RL's DrQ+BC shards (84 px); d3rlpy: MDPDataset arrays.")

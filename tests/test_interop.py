@@ -5,8 +5,10 @@ and the one-line errors of unusable export targets."""
 import datetime
 import io
 import os
+import signal
 import subprocess
 import sys
+import time
 import uuid
 
 import h5py
@@ -110,9 +112,22 @@ def test_minari_failures_leave_nothing_and_overwrite_replaces(walker_store, mina
     assert not minari_root.exists() or not any(minari_root.rglob("*.hdf5"))
     assert not list(minari_root.parent.glob(".minari.lompo-bench-partial-*"))
 
-    # The re-run works, and a second export to the same id is refused without --overwrite.
+    # SIGKILL while minari writes: the dataset id never appears; the next export removes the leftover.
     dataset_id = "lompo-bench/walker-random-v0"
+    killed = subprocess.Popen([sys.executable, "-c", "from lompo_bench.cli import main; main()", "datasets", "export", str(walker_store),
+                               "--format", "minari"], env={**os.environ, "MINARI_DATASETS_PATH": str(minari_root)},
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    while killed.poll() is None and not list(minari_root.parent.glob(".minari.lompo-bench-partial-*")):
+        time.sleep(0.005)
+    if killed.poll() is not None:
+        pytest.skip("the export finished before it could be killed")
+    killed.send_signal(signal.SIGKILL)
+    killed.wait()
+    assert not (minari_root / dataset_id).exists() and list(minari_root.parent.glob(".minari.lompo-bench-partial-*"))
+
+    # The re-run works (and clears the leftover); a second export to the same id is refused without --overwrite.
     assert invoke(export_cmd, [walker_store, "--format", "minari"]).exit_code == 0
+    assert not list(minari_root.parent.glob(".minari.lompo-bench-partial-*"))
     assert_one_line_error(invoke(export_cmd, [walker_store, "--format", "minari"]), "exists", "--overwrite")
     assert minari.load_dataset(dataset_id).total_episodes == Dataset.open(walker_store).num_episodes
 

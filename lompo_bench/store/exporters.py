@@ -148,6 +148,8 @@ def export(path, format: str, out=None, *, overwrite: bool = False, jpeg: bool =
     ds = Dataset.open(path, cache_bytes=256 << 20)
     if format == "minari":
         return _export_minari(ds, out, overwrite, jpeg, say)
+    if out is None and not isinstance(ds.path, Path):
+        raise UserError(f"{ds.path} is a remote store, so there is no folder next to it to write to; pass --out")
     out = Path(out) if out else Path(str(ds.path).removesuffix(".zarr") + _SUFFIX[format])
     out = check_target(out, overwrite, folder=format in FOLDER_FORMATS)
     if "image" not in ds.keys:
@@ -276,6 +278,9 @@ def _frames_at(ds: Dataset, size: int, workdir: Path, say, progress: bool) -> Da
     if "physics" not in ds.keys:
         raise UserError(f"{ds.path} has {have} px frames and no physics states to re-render them at {size} px; "
                         f"pass --image-size {have} to export them as they are")
+    if not isinstance(ds.path, Path):
+        raise UserError(f"{ds.path} is a remote store; re-rendering its {have} px frames at {size} px needs a local "
+                        f"copy: export with --image-size {have}, or copy the store here first")
     from lompo_bench.collectors.rerender import rerender
 
     say(f"re-rendering {have} px -> {size} px frames from the stored physics states (lompo-bench datasets rerender)")
@@ -377,12 +382,14 @@ def _export_minari(ds: Dataset, out, overwrite: bool, jpeg: bool, say) -> Path:
         return gym.spaces.Box(low, high, ds.shape(key)[1:], ds.reader(key).dtype)
 
     obs_space = gym.spaces.Dict({k: box(k, 0, 255) if k == "image" else box(k, -np.inf, np.inf) for k in obs_keys})
-    buffers = []
-    for e in range(ds.num_episodes):
-        ep = ds.episode(e, keys=obs_keys + ["action", "reward", "is_terminal", "is_last"])
-        buffers.append(EpisodeBuffer(
-            id=e, observations={k: ep[k] for k in obs_keys}, actions=ep["action"][1:], rewards=ep["reward"][1:],
-            terminations=ep["is_terminal"][1:], truncations=ep["is_last"][1:] & ~ep["is_terminal"][1:], infos={}))
+
+    def buffers():  # one episode in memory at a time: minari's storage iterates over what it is given
+        for e in range(ds.num_episodes):
+            ep = ds.episode(e, keys=obs_keys + ["action", "reward", "is_terminal", "is_last"])
+            yield EpisodeBuffer(
+                id=e, observations={k: ep[k] for k in obs_keys}, actions=ep["action"][1:], rewards=ep["reward"][1:],
+                terminations=ep["is_terminal"][1:], truncations=ep["is_last"][1:] & ~ep["is_terminal"][1:], infos={})
+
     spec = minari_env_spec(ds)
     random_return, expert_return = ds.reference_returns
     refs = {"ref_min_score": random_return, "ref_max_score": expert_return} \
@@ -398,7 +405,7 @@ def _export_minari(ds: Dataset, out, overwrite: bool, jpeg: bool, say) -> Path:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", UserWarning)  # minari warns about every optional field left out
             minari.create_dataset_from_buffers(
-                dataset_id=dataset_id, buffer=buffers, env=spec, observation_space=obs_space,
+                dataset_id=dataset_id, buffer=buffers(), env=spec, observation_space=obs_space,
                 action_space=box("action", -1.0, 1.0), jpeg_encoding=jpeg,
                 algorithm_name=str(ds.attrs.get("collector", {}).get("algorithm")),
                 requirements=[f"lompo-bench>={__version__}"] if spec is not None else None,
