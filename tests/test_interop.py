@@ -19,7 +19,7 @@ from click.testing import CliRunner
 from lompo_bench.interop_cli import export as export_cmd
 from lompo_bench.interop_cli import import_ as import_cmd
 from lompo_bench.store import Dataset, DatasetWriter, verify
-from lompo_bench.store.exporters import d3rlpy_episode, export
+from lompo_bench.store.exporters import d3rlpy_episode
 
 ROW_KEYS = ("action", "reward", "is_first", "is_last", "is_terminal")
 
@@ -114,8 +114,9 @@ def test_minari_failures_leave_nothing_and_overwrite_replaces(walker_store, mina
 
     # SIGKILL while minari writes: the dataset id never appears; the next export removes the leftover.
     dataset_id = "lompo-bench/walker-random-v0"
-    killed = subprocess.Popen([sys.executable, "-c", "from lompo_bench.cli import main; main()", "datasets", "export", str(walker_store),
-                               "--format", "minari"], env={**os.environ, "MINARI_DATASETS_PATH": str(minari_root)},
+    command = [sys.executable, "-c", "from lompo_bench.cli import main; main()",
+               "datasets", "export", str(walker_store), "--format", "minari"]
+    killed = subprocess.Popen(command, env={**os.environ, "MINARI_DATASETS_PATH": str(minari_root)},
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     while killed.poll() is None and not list(minari_root.parent.glob(".minari.lompo-bench-partial-*")):
         time.sleep(0.005)

@@ -44,7 +44,7 @@ failure or a kill leaves the previous output (or nothing) in place, never a part
 from __future__ import annotations
 
 import contextlib
-import importlib.util
+import importlib
 import os
 import shutil
 import tempfile
@@ -115,18 +115,12 @@ def atomic_target(out: Path):
             tmp.unlink()
 
 
-def _require(module: str, message: str) -> None:
+def require(module: str, message: str) -> None:
+    """A one-line ``UserError(message)`` when ``module`` cannot be imported (missing or broken)."""
     try:
-        found = importlib.util.find_spec(module) is not None
-    except (ImportError, ValueError):  # a blocked or broken install reads as missing
-        found = False
-    if found:
-        try:
-            importlib.import_module(module)
-        except ImportError:
-            found = False
-    if not found:
-        raise UserError(message)
+        importlib.import_module(module)
+    except ImportError:
+        raise UserError(message) from None
 
 
 # -- the one entry point -----------------------------------------------------------------
@@ -144,7 +138,7 @@ def export(path, format: str, out=None, *, overwrite: bool = False, jpeg: bool =
         raise UserError("--image-size applies to --format vd4rl-npz / vd4rl-hdf5 only; for other sizes run "
                         "`lompo-bench datasets rerender` first")
     if format in ("hdf5", "vd4rl-hdf5"):
-        _require("h5py", "HDF5 export needs h5py, which is not installed: pip install 'lompo-bench[export]'")
+        require("h5py", "HDF5 export needs h5py, which is not installed: pip install 'lompo-bench[export]'")
     ds = Dataset.open(path, cache_bytes=256 << 20)
     if format == "minari":
         return _export_minari(ds, out, overwrite, jpeg, say)
@@ -356,8 +350,8 @@ def minari_env_spec(ds: Dataset):
 def _export_minari(ds: Dataset, out, overwrite: bool, jpeg: bool, say) -> Path:
     """A local Minari dataset (minari 0.5: ``EpisodeBuffer`` + ``create_dataset_from_buffers``),
     built under a temporary Minari root beside the real one and moved in when whole."""
-    _require("minari", f"Minari export needs the minari package, which is not installed: {MINARI_EXTRA}")
-    _require("h5py", f"Minari export needs h5py (minari's HDF5 backend), which is not installed: {MINARI_EXTRA}")
+    require("minari", f"Minari export needs the minari package, which is not installed: {MINARI_EXTRA}")
+    require("h5py", f"Minari export needs h5py (minari's HDF5 backend), which is not installed: {MINARI_EXTRA}")
     import gymnasium as gym
     import minari
     from minari.data_collector import EpisodeBuffer

@@ -38,7 +38,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import UserError, choice_error
-from .exporters import check_target
+from .exporters import check_target, require
 
 FORMATS = ("vd4rl-npz", "vd4rl-hdf5", "npz-episodes")
 _NPZ_REQUIRED = {"vd4rl-npz": ("image", "action", "reward", "discount", "is_first", "is_last", "is_terminal"),
@@ -104,7 +104,7 @@ def _hdf5_episodes(files: list[Path]):
         step = ep.pop("step_type")
         if step[-1] != 2:
             raise SourceError(f"the episode starting at {where} ends at {name} without a last step (step_type 2); "
-                            f"each episode must run from step_type 0 to 2")
+                              f"each episode must run from step_type 0 to 2")
         if np.any(step[1:-1] != 1):
             raise SourceError(f"the episode starting at {where} has a step_type other than 1 inside it")
         discount = ep.pop("discount")
@@ -121,6 +121,9 @@ def _hdf5_episodes(files: list[Path]):
             missing = [k for k in _HDF5_KEYS if k not in f]
             if missing:
                 raise SourceError(f"{path} lacks {', '.join(missing)}; --format vd4rl-hdf5 needs {', '.join(_HDF5_KEYS)}")
+            if f["observation"].ndim != 4 or f["observation"].shape[1] != 3:
+                raise SourceError(f"{path}: observation of shape {f['observation'].shape}; DrQ+BC's layout is "
+                                  f"channel-first (N, 3, H, W)")
             lengths = {k: f[k].shape[0] for k in _HDF5_KEYS}
             if len(set(lengths.values())) != 1:
                 raise SourceError(f"{path}: arrays of different lengths {lengths}; every array has one row per step")
@@ -142,7 +145,7 @@ def _hdf5_episodes(files: list[Path]):
                         where = f"{path.name} row {lo + a}"
                     elif not current:
                         raise SourceError(f"{path.name} row {lo + a} continues an episode that never started "
-                                        f"(no step_type 0 before it); the first shard must start an episode")
+                                          f"(no step_type 0 before it); the first shard must start an episode")
                     current.append({k: v[a:b] for k, v in block.items()})
     if current:
         yield where, close(f"{files[-1].name} (end)")
@@ -226,10 +229,7 @@ def import_episodes(src, format: str, env: str, out, *, split: str = "imported",
     reference = _reference(random_return, expert_return)
     src = Path(src).expanduser()
     if format == "vd4rl-hdf5":
-        try:
-            import h5py  # noqa: F401
-        except ImportError:
-            raise UserError("--format vd4rl-hdf5 needs h5py, which is not installed: pip install 'lompo-bench[export]'") from None
+        require("h5py", "--format vd4rl-hdf5 needs h5py, which is not installed: pip install 'lompo-bench[export]'")
     files = _files(src, ".hdf5" if format == "vd4rl-hdf5" else ".npz", format)
     out = check_target(out, True, folder=True)
     _refuse_complete(out, overwrite)
