@@ -44,6 +44,7 @@ from .errors import UserError, choice_error
 COLLECT_SEED = 0  # `lompo-bench collect`'s default: the one SAC run each env's datasets come from
 RUN_LOG = "sweep.log"
 COLLECT_LOG = "sweep-collect.log"
+LOCAL_RAY_ATTEMPTS = 3
 
 
 # --------------------------------------------------------------------------------------------
@@ -256,11 +257,33 @@ def collect_job(spec: dict) -> None:
         print(f"wrote {path}", flush=True)
 
 
+def staging_log(run_dir: Path) -> Path:
+    """Where a new run's log starts: the runner takes only an empty folder for a new run, so the
+    log moves into the run directory once the runner has made it (`LogIntoRunDir`)."""
+    return run_dir.parent / f".{run_dir.name}.{RUN_LOG}"
+
+
+def log_path_of(spec: dict) -> Path:
+    if spec["kind"] != "train":
+        return Path(spec["log_path"])
+    run_dir = Path(spec["run_dir"])
+    return Path(spec["log_path"]) if (run_dir / "config.json").exists() else staging_log(run_dir)
+
+
 def train_job(spec: dict) -> dict:
-    from .runner import run
+    from .runner import Callback, ConsoleReporter, run
+
+    class LogIntoRunDir(Callback):
+        """Once the run directory holds its run, the log (still open) moves into it."""
+
+        def on_start(self, trainer):
+            staged, final = staging_log(Path(spec["run_dir"])), Path(spec["log_path"])
+            if staged.exists() and not final.exists():
+                os.replace(staged, final)  # same folder tree: the open file keeps being written
 
     run_dir = run(spec["algo"], spec["env"], spec["split"], seed=spec["seed"], profile=spec["profile"],
-                  overrides=spec["overrides"] or None, out=spec["run_dir"], progress=False)
+                  overrides=spec["overrides"] or None, out=spec["run_dir"],
+                  callbacks=[ConsoleReporter(progress=False), LogIntoRunDir()])
     outcome = {}
     if spec["publish_csv"]:
         from lompo_bench.leaderboard import csv_store
@@ -283,16 +306,19 @@ def run_job(spec: dict, status=None) -> dict:
     torch.set_num_threads(1)
     if status is not None:
         status.started.remote(spec["key"], time.time())
-    with job_log(Path(spec["log_path"])):
+    log = log_path_of(spec)
+    with job_log(log):
         try:
             outcome = (train_job if spec["kind"] == "train" else collect_job)(spec) or {}
             return {"ok": True, **outcome}
         except UserError as exc:
             print(f"error: {exc.format_message()}", flush=True)
-            return {"ok": False, "message": exc.format_message()}
+            failure = exc.format_message()
         except BaseException as exc:  # a crash of this job (KeyboardInterrupt too: ray.cancel)
             traceback.print_exc()
-            return {"ok": False, "message": f"{type(exc).__name__}: {exc}"}
+            failure = f"{type(exc).__name__}: {exc}"
+    final = Path(spec["log_path"])
+    return {"ok": False, "message": failure, "log": str(final if final.exists() else log)}
 
 
 class StartedJobs:
@@ -409,11 +435,22 @@ class Sweep:
                       include_dashboard=False, configure_logging=False)
         if address is None and self.local_cpus is not None:
             kwargs["num_cpus"] = self.local_cpus
-        try:
-            ray.init(address=address, **kwargs)
-        except (ConnectionError, ValueError, RuntimeError) as exc:
-            raise UserError(f"cannot join the Ray cluster at {address}: {exc}; accepted: the address of a "
-                            "running cluster (`ray start --head` prints it), or none for a local Ray") from None
+        if address is not None:
+            try:
+                ray.init(address=address, **kwargs)
+            except (ConnectionError, ValueError, RuntimeError) as exc:
+                raise UserError(f"cannot join the Ray cluster at {address}: {exc}; accepted: the address of a "
+                                "running cluster (`ray start --head` prints it), or none for a local Ray") from None
+        else:
+            for attempt in range(LOCAL_RAY_ATTEMPTS):
+                try:
+                    ray.init(**kwargs)
+                    break
+                except Exception as exc:  # Ray gives its raylet 30 s to register: too short on a loaded machine
+                    ray.shutdown()
+                    if attempt + 1 == LOCAL_RAY_ATTEMPTS:
+                        raise UserError(f"could not start a local Ray ({exc}); the machine may be overloaded: "
+                                        "retry, or start one with `ray start --head` and pass --address") from None
         cpus = ray.cluster_resources().get("CPU", 1)
         self.slots = max(1, int(cpus // self.cpus_per_job))
         return ray
@@ -437,7 +474,6 @@ class Sweep:
             def submit(job: Job) -> None:
                 pending[remote.remote(job.spec(self.plan.grid, self.publish_csv), status)] = job
 
-            collect_failed = set()
             for job in todo:
                 if job.needs is None:
                     submit(job)
@@ -455,6 +491,7 @@ class Sweep:
                             outcome = {"ok": False, "message": f"worker lost: {type(exc).__name__}: "
                                                               f"{str(exc).splitlines()[0] if str(exc) else ''}"}
                         if not outcome["ok"]:
+                            job.log_path = Path(outcome.get("log") or job.log_path)
                             self.finish(job, "failed", outcome["message"])
                         else:
                             note = outcome.get("published") and f"published: {outcome['published']}"
@@ -466,14 +503,17 @@ class Sweep:
                                     if job.state == "done":
                                         submit(other)
                                     else:
-                                        collect_failed.add(other.key)
                                         self.finish(other, "failed", f"its dataset was not made ({job.key} failed)")
                     live.update(self.summary())
+            if not self.console.is_terminal:
+                self.console.print()  # the last summary ends without a newline off a terminal
         except KeyboardInterrupt:
             for ref in list(pending):
                 ray.cancel(ref)
-            raise UserError("sweep interrupted; running jobs keep their last checkpoint: rerun the same "
-                            "command to resume") from None
+            from .runner import Interrupted
+
+            raise Interrupted("sweep interrupted; running jobs keep their last checkpoint: rerun the same "
+                              "command to resume") from None
         finally:
             ray.shutdown()
         return list(self.jobs.values())
