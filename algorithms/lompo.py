@@ -1,34 +1,55 @@
 """LOMPO: offline model-based policy optimisation in a learned latent space (paper Section IV-C,
 Algorithm 1 in Appendix D), and LMBRL, the same method with the uncertainty penalty off.
 
-One run is four phases, switched on the `train_step` index (Algorithm 1):
+The defaults are what the authors' code does (rmrafailov/LOMPO `lompo.py`/`models.py`/`buffer.py`,
+read against `/work/shared/reference/authors-config.md` in the project notes); each choice is a
+named setting so the alternatives stay one `--set` away. One run is four phases, switched on the
+`train_step` index:
 
 1. Model (`model_steps`): ELBO updates of the latent model (`latent_model.LatentModel`) on
-   (batch x length) windows of the dataset, each step's prior from one random forward head
-   (Eq. 8). Window batches are prefetched on a background thread (their sampling RNG is a
-   function of (seed, step), so prefetching never changes what a run sees and resume is exact).
-2. Real buffer (`real_init_transitions`): posterior latent states of real windows, as SAC
-   transitions (s_t, a_{t+1}, r_{t+1}, s_{t+1}).
-3. Latent buffer warm-up (`latent_init_transitions`): H-step rollouts with uniform random actions
-   from posterior states of real windows, each step through a randomly drawn head; reward of
-   Eq. 9: mean reward over the heads' samples minus lambda * disagreement (`penalty`).
-4. Agent (`agent_steps`): SAC on the latent features [z, h] with batches of `agent_batch` real +
-   `agent_batch` latent transitions. Every `epoch_length` updates, `epoch_real_batches` more real
-   window batches and `epoch_latent_batches` rollouts of the current (stochastic) policy are
-   added; both buffers are FIFO rings.
+   (batch x length) windows, each step's prior from one random forward head (Eq. 8), with
+   `kl_scale * KL(posterior || prior)`: no KL balancing and no free nats (`kl_balance`,
+   `free_nats` switch them on). Window batches are prefetched on a background thread (their
+   sampling RNG is a function of (seed, step), so prefetching never changes what a run sees).
+2. Real buffer (`real_fill_steps` calls): EVERY episode of the dataset is filtered through the
+   (sampled) posterior from its first row; the transitions (s_t, a_{t+1}, r_{t+1}, s_{t+1}) of
+   the whole dataset go into the real buffer.
+3. Latent warm-up (`latent_init_transitions`): H-step rollouts from the posterior states of every
+   row of a window batch, with the untrained actor's action plus N(0, `rollout_noise`^2), clipped
+   (`warmup_actions=uniform`: uniform random actions). Each step every head predicts, the next
+   state is the sample of ONE randomly chosen head for the whole batch, and the reward is the
+   reward head at that next state (`latent_reward=chosen_head`; `mean_of_heads`: the paper's
+   Eq. 9 wording) minus lambda * `penalty` (the heads' disagreement).
+4. Agent (`agent_steps`): the authors' deterministic actor-critic (`agent=deterministic`,
+   `agents.DeterministicActorCritic`; `agent=sac`: SAC) on the latent features [z, h], batches of
+   `agent_batch` real + `agent_batch` latent transitions. Every `epoch_length` updates (a block)
+   `epoch_real_episodes` more dataset episodes are filtered into the real buffer (cycling through
+   the dataset in order, as the authors' episode iterator) and one window batch is rolled out
+   with the current actor (plus the exploration noise) into the latent buffer.
 
-The model is frozen after phase 1 (as in Algorithm 1). Windows that start mid-episode begin from
-a zero state, so their first `burn_in` rows are not used as buffer states (windows that start at
-an episode's first row are used whole: the policy must learn the start states it meets).
+Both buffers are FIFO rings whose capacity is, by default, the dataset's number of transitions,
+as in the authors' code (`LatentReplayBuffer(steps, steps)`; their config's `buffer_size = 2e6` is
+never used): the real buffer always holds the whole dataset (a re-filtered episode replaces its
+own older copy), the latent one the newest rollouts (walker paper: ~6 blocks of 16,000). Memory
+grows with what is stored, so a large `--set latent_buffer_size=2000000` costs nothing up front.
 
-Evaluation (`policy()`): the RSSM filters the observation history with the posterior mean
-(deterministic GRU state and stochastic state kept between steps, the previous action fed in)
-and the actor acts with its mode, tanh(mean), on [z, h].
+Diagnostics (on every block and at the last step): `latent_reward` (penalised), `latent_raw_reward`,
+`latent_penalty`, `q_real`/`q_latent` (critic on buffer samples), and the penalty *contrast*: from
+the posterior states of the block's window batch, one imagined step with the dataset's actions
+(`penalty_data`), the current actor's actions (`penalty_policy`) and uniform random actions
+(`penalty_random`). A penalty that does its job rises from data to policy to random.
 
-On CUDA the model runs under bf16 autocast; buffers live on the device and the rollout loop
-never syncs with the host. Defaults are the authors' (`/work/shared/reference/authors-config.md`
-in the project notes; paper Appendix C): `config_for` scales them for the `cpu` and `smoke`
-profiles and sets Adroit Pen's 512-unit model at the paper profile.
+Evaluation (`policy()`): the RSSM filters the observation history (a sampled posterior as in
+training, `eval_posterior=sample`, from a generator seeded per episode, so an evaluation is
+repeatable and never touches the training RNG; `mean`: the posterior mean) and the actor acts
+without noise.
+
+Precision: the model step, the fills, the rollouts, the agent updates and acting run under
+`precision.autocast(config.precision, device)` (bf16 autocast, or nothing for `fp32`). The model
+is frozen after phase 1 (as in Algorithm 1).
+
+Deviations on purpose: the `cpu` and `smoke` profiles shrink sizes and steps (`PROFILE_SCALING`,
+numbers measured below); buffers grow on demand instead of being preallocated.
 """
 
 from __future__ import annotations
@@ -38,16 +59,23 @@ import math
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Callable, Literal, Optional
 
 import numpy as np
 import torch
 
+from lompo_bench.errors import choice_error
 from lompo_bench.registry import register
 
+from . import precision
+from .agents import AGENTS, SACBatch
 from .base import Algorithm, DataSpec, Policy
 from .latent_model import PENALTIES, LatentModel, LatentState
-from .agents import SAC, SACBatch, SACConfig
+from .networks import ACTIVATIONS
+
+LATENT_REWARDS = ("chosen_head", "mean_of_heads")
+EVAL_POSTERIORS = ("sample", "mean")
+WARMUP_ACTIONS = ("policy", "uniform")
 
 
 @dataclass
@@ -65,107 +93,130 @@ class LOMPOConfig:
     hidden: int = 256  # forward heads / inference / pre-GRU width (Adroit Pen: 512)
     heads: int = 7  # K forward models
     reward_hidden: int = 256
-    free_nats: float = 3.0
-    kl_balance: float = 0.8
+    kl_scale: float = 1.0  # authors: 1.0 * KL(posterior || prior)
+    kl_balance: Optional[float] = None  # None: the plain KL (authors); a in [0, 1]: a * KL(sg(q)||p) + (1-a) * KL(q||sg(p))
+    free_nats: float = 0.0  # authors: none; > 0 clamps the posterior side of the KL from below
     # Latent data (Eq. 9, Algorithm 1).
     horizon: int = 5  # H
     penalty: Literal["log_prob", "max_var", "mean"] = "log_prob"  # disagreement measure (latent_model.py)
-    # lambda (authors: 5; LMBRL: 0). Not re-tuned per profile: after the cpu profile's 2k model steps the
-    # heads still disagree by ~0.6-0.7 a step on dataset transitions, so 5x that outweighs walker's
-    # reward (0.3-1.9 a step) and the latent rewards turn negative (-1.1 to -3.0 a step, measured).
+    # lambda (authors: 5; LMBRL: 0). Under measurement at the cpu profile (the lead's seed runs decide
+    # whether it stays 5 there): after a short model phase the heads still disagree on dataset
+    # transitions, and 5x that can outweigh walker's reward (0.3-1.9 a step).
     penalty_scale: float = 5.0
-    burn_in: int = 5
-    real_init_transitions: int = 50_000
-    latent_init_transitions: int = 50_000
+    latent_reward: Literal["chosen_head", "mean_of_heads"] = "chosen_head"  # reward head at the chosen head's next state
+    rollout_noise: float = 0.2  # std of the Gaussian added to the deterministic actor's rollout actions
+    warmup_actions: Literal["policy", "uniform"] = "policy"  # warm-up rollouts: actor + noise (authors), or uniform
+    burn_in: int = 0  # rollout starts skip this many first rows of windows that start mid-episode (authors: 0)
     rollout_starts: int = 0  # start states per rollout batch; 0: every posterior state of a window batch
-    real_buffer_size: int = 100_000
-    latent_buffer_size: int = 100_000
-    # Agent: SAC in the latent space.
+    latent_init_transitions: int = 50_000
+    real_fill_steps: int = 10  # train_step calls the whole-dataset real-buffer fill is split into
+    real_buffer_size: int = 0  # 0: the dataset's number of transitions (authors)
+    latent_buffer_size: int = 0  # 0: the dataset's number of transitions (authors' code)
+    # Agent in the latent space.
+    agent: Literal["deterministic", "sac"] = "deterministic"  # authors: deterministic actor, twin Q
+    agent_act: str = "elu"  # hidden activation of actor and critic (authors: ELU)
     agent_steps: int = 100_000
     agent_batch: int = 256  # per side: 256 real + 256 latent
-    epoch_length: int = 200  # SAC updates between buffer refreshes
-    epoch_real_batches: int = 1
-    epoch_latent_batches: int = 1
+    epoch_length: int = 200  # agent updates between buffer refreshes (a block)
+    epoch_real_episodes: int = 1  # dataset episodes re-filtered into the real buffer per block
+    epoch_latent_batches: int = 1  # window batches rolled out into the latent buffer per block
     gamma: float = 0.99
     actor_lr: float = 3e-4
     critic_lr: float = 3e-4
-    alpha_lr: float = 3e-4
-    init_alpha: float = 0.1
+    alpha_lr: float = 3e-4  # agent=sac only
+    init_alpha: float = 0.1  # agent=sac only
     tau: float = 5e-3
     grad_clip: float = 100.0
     actor_hidden: int = 256
     actor_layers: int = 4
     critic_hidden: int = 256
     critic_layers: int = 3
+    # Acting in the environment.
+    eval_posterior: Literal["sample", "mean"] = "sample"  # authors: a sampled posterior, as in training
+    precision: str = precision.DEFAULT_PRECISION  # bf16 autocast fast path, or fp32
 
     def __post_init__(self):
         for name in ("model_batch", "depth", "deter", "stoch", "hidden", "heads", "reward_hidden", "horizon",
-                     "real_init_transitions", "latent_init_transitions", "real_buffer_size", "latent_buffer_size",
-                     "agent_batch", "epoch_length", "actor_hidden", "critic_hidden"):
+                     "latent_init_transitions", "real_fill_steps", "agent_batch", "epoch_length", "actor_hidden",
+                     "critic_hidden", "actor_layers"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        for name in ("model_steps", "agent_steps", "burn_in", "rollout_starts", "epoch_real_batches",
-                     "epoch_latent_batches", "actor_layers", "critic_layers"):
+        for name in ("model_steps", "agent_steps", "burn_in", "rollout_starts", "real_buffer_size",
+                     "latent_buffer_size", "epoch_real_episodes", "epoch_latent_batches", "critic_layers"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
         if self.model_length < 2:
             raise ValueError(f"model_length must be >= 2, got {self.model_length}")
-        if self.penalty not in PENALTIES:
-            raise ValueError(f"penalty must be one of {', '.join(PENALTIES)}, got {self.penalty!r}")
-        if self.penalty_scale < 0:
-            raise ValueError(f"penalty_scale must be >= 0, got {self.penalty_scale}")
+        for name, accepted in (("penalty", PENALTIES), ("latent_reward", LATENT_REWARDS), ("agent", tuple(AGENTS)),
+                               ("eval_posterior", EVAL_POSTERIORS), ("warmup_actions", WARMUP_ACTIONS),
+                               ("agent_act", tuple(ACTIVATIONS))):
+            if getattr(self, name) not in accepted:
+                raise ValueError(f"{name} must be one of {', '.join(accepted)}, got {getattr(self, name)!r}")
+        precision.check_precision(self.precision)
+        for name in ("penalty_scale", "kl_scale", "free_nats", "rollout_noise"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+        if self.kl_balance is not None and not 0.0 <= self.kl_balance <= 1.0:
+            raise ValueError(f"kl_balance must be None (no balancing) or in [0, 1], got {self.kl_balance}")
         if self.heads < 2 and self.penalty != "max_var" and self.penalty_scale > 0:
             raise ValueError("a disagreement penalty needs heads >= 2")
-        if self.real_buffer_size < self.agent_batch or self.latent_buffer_size < self.agent_batch:
-            raise ValueError("buffer sizes must be >= agent_batch")
+        for name in ("real_buffer_size", "latent_buffer_size"):
+            if 0 < getattr(self, name) < self.agent_batch:
+                raise ValueError(f"{name} must be 0 (the dataset's size) or >= agent_batch, got {getattr(self, name)}")
 
 
 PROFILE_SCALING = {
-    # cpu: about an hour on 2 cores (benchmarks/bench_lompo.py: 1.3 s per model step and 21 SAC
-    # steps/s on one contended core -> ~1 h of training; evaluation comes on top). Batch 16 x 32,
-    # half-width convs, a 128-unit GRU: far below the paper's model, and its scores say so.
+    # cpu: see CPU_PROFILE_NOTE below for the measured step times behind these numbers.
     "cpu": dict(model_steps=2_000, model_batch=16, model_length=32, depth=16, deter=128, stoch=32, hidden=128,
-                reward_hidden=128, real_init_transitions=10_000, latent_init_transitions=10_000,
-                rollout_starts=512, real_buffer_size=50_000, latent_buffer_size=50_000, agent_steps=20_000,
+                reward_hidden=128, real_fill_steps=4, latent_init_transitions=10_000, agent_steps=20_000,
                 agent_batch=128),
     "smoke": dict(model_steps=4, model_batch=4, model_length=8, depth=8, deter=32, stoch=8, hidden=32,
-                  reward_hidden=32, burn_in=2, real_init_transitions=20, latent_init_transitions=100,
-                  rollout_starts=0, real_buffer_size=400, latent_buffer_size=1_000, agent_steps=6, agent_batch=16,
+                  reward_hidden=32, real_fill_steps=2, latent_init_transitions=100, agent_steps=6, agent_batch=16,
                   epoch_length=3, actor_hidden=32, actor_layers=2, critic_hidden=32, critic_layers=2),
 }
 FIGURE_LABEL_WIDTH = 70  # pixels of row labels left of the frames in model_samples.png
 PAPER_ENV_SIZES = {"adroit-pen": dict(deter=512, hidden=512)}  # Appendix C
 
 
+def rollout_starts_per_batch(c: LOMPOConfig) -> int:
+    """Start states of one rollout batch (at least: windows that start at an episode's first row keep
+    their first rows too)."""
+    usable = c.model_batch * (c.model_length - min(c.burn_in, c.model_length - 1))
+    return min(c.rollout_starts or usable, usable)
+
+
 def phase_lengths(c: LOMPOConfig) -> tuple[int, int, int, int]:
-    """train_step calls per phase: model, real-buffer fill, latent warm-up, agent. A real fill batch
-    adds at least B x (L - 1 - burn_in) transitions (windows that start at an episode's first row
-    keep their first rows too) and a latent one starts x H, so the fills reach their targets."""
-    rows = c.model_batch * c.model_length
-    real_per_batch = c.model_batch * (c.model_length - 1 - min(c.burn_in, c.model_length - 2))
-    starts = min(c.rollout_starts or rows, rows)
-    return (c.model_steps, math.ceil(c.real_init_transitions / real_per_batch),
-            math.ceil(c.latent_init_transitions / (starts * c.horizon)), c.agent_steps)
+    """train_step calls per phase: model, real-buffer fill, latent warm-up, agent."""
+    return (c.model_steps, c.real_fill_steps, math.ceil(c.latent_init_transitions / (rollout_starts_per_batch(c) * c.horizon)),
+            c.agent_steps)
 
 
 class TransitionBuffer:
-    """FIFO ring of SAC transitions on feature vectors, kept on the agent's device."""
+    """FIFO ring of transitions on feature vectors, on the agent's device. Storage grows (doubling)
+    with what is stored, up to `capacity` rows; then the oldest rows are overwritten."""
 
     FIELDS = ("obs", "action", "reward", "next_obs", "not_done")
 
     def __init__(self, capacity: int, feature_dim: int, action_dim: int, device):
-        self.capacity = capacity
-        shapes = {"obs": (feature_dim,), "action": (action_dim,), "reward": (), "next_obs": (feature_dim,),
-                  "not_done": ()}
-        self.data = {k: torch.zeros((capacity, *shapes[k]), device=device) for k in self.FIELDS}
+        self.capacity, self.device = int(capacity), device
+        self._shapes = {"obs": (feature_dim,), "action": (action_dim,), "reward": (), "next_obs": (feature_dim,),
+                        "not_done": ()}
+        self.data = {k: torch.zeros((0, *self._shapes[k]), device=device) for k in self.FIELDS}
         self.position = 0  # next row to write
         self.size = 0
+
+    def _grow(self, rows: int) -> None:
+        allocated = self.data["obs"].shape[0]
+        if rows > allocated:
+            new = min(self.capacity, max(rows, 2 * allocated))
+            self.data = {k: torch.cat([v, v.new_zeros((new - allocated, *self._shapes[k]))]) for k, v in self.data.items()}
 
     def add(self, batch: dict[str, torch.Tensor]) -> None:
         n = batch["obs"].shape[0]
         if n > self.capacity:  # keep the newest
             batch = {k: v[-self.capacity:] for k, v in batch.items()}
             n = self.capacity
+        self._grow(min(self.capacity, self.position + n))
         rows = (self.position + torch.arange(n, device=self.data["obs"].device)) % self.capacity
         for k in self.FIELDS:
             self.data[k][rows] = batch[k].detach().to(self.data[k].dtype)
@@ -178,43 +229,60 @@ class TransitionBuffer:
 
     def state_dict(self) -> dict:
         return {"data": {k: v[: self.size].cpu() for k, v in self.data.items()}, "position": self.position,
-                "size": self.size}
+                "size": self.size, "capacity": self.capacity}
 
     def load_state_dict(self, state: dict) -> None:
+        self.capacity = int(state.get("capacity", self.capacity))
         self.size, self.position = int(state["size"]), int(state["position"])
+        self.data = {k: torch.zeros((0, *self._shapes[k]), device=self.device) for k in self.FIELDS}
+        self._grow(self.size)
         for k, v in state["data"].items():
             self.data[k][: self.size] = v.to(self.data[k].device)
 
 
 class LatentPolicy(Policy):
-    """Filters observations through the RSSM posterior and acts with the actor's mode."""
+    """Filters observations through the RSSM posterior (sampled or mean) and acts with the actor's
+    noise-free action. Posterior samples come from a generator seeded per episode (seed, episode
+    number), so a fresh policy repeats its episodes exactly and never draws from the training RNG."""
 
-    def __init__(self, model: LatentModel, sac: SAC, device, proprio: bool):
-        self.model, self.actor, self.device, self.proprio = model, sac.actor, device, proprio
+    def __init__(self, model: LatentModel, actor, device, proprio: bool, sample: bool = True, seed: int = 0,
+                 precision_name: str = "fp32"):
+        self.model, self.actor, self.device, self.proprio = model, actor, device, proprio
+        self.sample, self.seed, self.precision = sample, seed, precision_name
+        self._episode = -1
+        self._rng = torch.Generator(device=device)
         self.reset()
 
     def reset(self) -> None:
         self._state = None
         self._action = None
+        self._episode += 1
+        self._rng.manual_seed(int(np.random.SeedSequence([self.seed, 31_337, self._episode]).generate_state(1)[0]))
 
     @torch.no_grad()
     def act(self, obs: dict[str, np.ndarray]) -> np.ndarray:
-        batch = {"image": torch.as_tensor(obs["image"], device=self.device)[None]}
-        if self.proprio:
-            batch["proprio"] = torch.as_tensor(obs["proprio"], dtype=torch.float32, device=self.device)[None]
-        embed = self.model.embed(batch)
-        first = self._state is None
-        if first:  # episode start: zero state and zero action, as row 0 of a stored episode
-            self._state = self.model.initial(1, self.device)
-            self._action = torch.zeros(1, self.model.action_dim, device=self.device)
-        self._state, _ = self.model.obs_step(self._state, self._action, embed, sample=False)
-        self._action = self.actor.mode(self._state.features().float())
+        with precision.autocast(self.precision, self.device):
+            batch = {"image": torch.as_tensor(obs["image"], device=self.device)[None]}
+            if self.proprio:
+                batch["proprio"] = torch.as_tensor(obs["proprio"], dtype=torch.float32, device=self.device)[None]
+            embed = self.model.embed(batch)
+            if self._state is None:  # episode start: zero state and zero action, as row 0 of a stored episode
+                self._state = self.model.initial(1, self.device)
+                self._action = torch.zeros(1, self.model.action_dim, device=self.device)
+            # One posterior filtering step (LatentModel.obs_step), with this policy's own generator.
+            deter = self.model.deter_step(self._state, self._action)
+            mean, std = self.model.posterior_dist(deter, embed)
+            stoch = mean + std * torch.randn(mean.shape, generator=self._rng, device=mean.device) if self.sample else mean
+            self._state = LatentState(deter.float(), stoch.float())
+            self._action = self.actor.mode(self._state.features()).float()
         return self._action[0].cpu().numpy().astype(np.float32)
 
 
 @register
 class LOMPO(Algorithm):
-    """Latent Offline Model-based Policy Optimization (Rafailov et al., 2021)."""
+    """Latent Offline Model-based Policy Optimization (Rafailov et al., 2021), as in the authors' code:
+    deterministic actor-critic, whole dataset in the real buffer, plain KL, sampled posteriors
+    (deviations: profile sizes; buffers grow on demand)."""
 
     name = "lompo"
     Config = LOMPOConfig
@@ -235,36 +303,39 @@ class LOMPO(Algorithm):
         super().__init__(config, spec, device, seed)
         c = config
         torch.manual_seed(seed)
+        # The plain KL (authors) is balancing at a = 0.5 at twice the scale: a * KL(sg(q)||p) +
+        # (1 - a) * KL(q||sg(p)) has half the gradient of KL(q||p) on each side.
+        balance, kl_scale = (0.5, 2.0 * c.kl_scale) if c.kl_balance is None else (c.kl_balance, c.kl_scale)
         self.model = LatentModel(spec.image_shape, spec.proprio_dim, spec.action_dim, depth=c.depth, deter=c.deter,
                                  stoch=c.stoch, hidden=c.hidden, heads=c.heads, reward_hidden=c.reward_hidden,
-                                 free_nats=c.free_nats, kl_balance=c.kl_balance).to(device)
+                                 free_nats=c.free_nats, kl_balance=balance, kl_scale=kl_scale).to(device)
         self.model_optim = torch.optim.Adam(self.model.parameters(), lr=c.model_lr, eps=c.model_eps)
-        sac_config = SACConfig.from_config(c)
-        self.sac = SAC(self.model.feature_dim, spec.action_dim, sac_config).to(device)
-        self.real_buffer = TransitionBuffer(c.real_buffer_size, self.model.feature_dim, spec.action_dim, device)
-        self.latent_buffer = TransitionBuffer(c.latent_buffer_size, self.model.feature_dim, spec.action_dim, device)
+        agent_cls, agent_config_cls = AGENTS[c.agent]
+        agent_config = dataclasses.replace(agent_config_cls.from_config(c), act=c.agent_act)
+        self.agent = agent_cls(self.model.feature_dim, spec.action_dim, agent_config).to(device)
+        self.real_buffer: Optional[TransitionBuffer] = None  # sized by the dataset at the first fill
+        self.latent_buffer: Optional[TransitionBuffer] = None
         self._gradient_steps = 0
         self._keys = ["image", "action", "reward", "is_first", "is_terminal"] + (["proprio"] if spec.proprio_dim else [])
         self.phase_ends = np.cumsum(phase_lengths(c))  # train_step index where each phase ends
-        self._autocast = str(device).startswith("cuda")
+        self._cuda = str(device).startswith("cuda")
         # Window batches are sampled ahead on ONE background thread (a Dataset is not shared
         # between threads; the store parallelises its own chunk decoding). On a GPU the model step
         # is short and a paper dataset outgrows the store's chunk cache, so it queues more ahead.
-        self.prefetch_depth = 3 if self._autocast else 1
+        self.prefetch_depth = 3 if self._cuda else 1
         self._prefetcher = None
         self._pending = {}  # (dataset id, step, stream) -> Future of a window batch
 
     def total_steps(self) -> int:
         return int(self.phase_ends[-1])
 
+    def _autocast(self):
+        return precision.autocast(self.config.precision, self.device)
+
     # ----------------------------------------------------------------------------------------
     # Data
 
-    def _load_windows(self, dataset, step: int, stream: int) -> dict[str, torch.Tensor]:
-        """Window batch number `step` of `stream`: a pure function of (seed, step, stream)."""
-        rng = np.random.default_rng([self.seed, step, stream])
-        arrays = dataset.sample_windows(self.config.model_batch, self.config.model_length, rng, keys=self._keys)
-        pin = self._autocast  # page-locked host memory makes the copy to the GPU asynchronous
+    def _to_device(self, arrays: dict) -> dict[str, torch.Tensor]:
         out = {}
         for k in self._keys:
             t = torch.from_numpy(np.ascontiguousarray(arrays[k]))
@@ -272,8 +343,15 @@ class LOMPO(Algorithm):
                 t = t.float()
             elif k in ("is_first", "is_terminal"):
                 t = t.bool()
-            out[k] = (t.pin_memory() if pin else t).to(self.device, non_blocking=True)
+            # Page-locked host memory makes the copy to the GPU asynchronous.
+            out[k] = (t.pin_memory() if self._cuda else t).to(self.device, non_blocking=True)
         return out
+
+    def _load_windows(self, dataset, step: int, stream: int) -> dict[str, torch.Tensor]:
+        """Window batch number `step` of `stream`: a pure function of (seed, step, stream)."""
+        rng = np.random.default_rng([self.seed, step, stream])
+        return self._to_device(dataset.sample_windows(self.config.model_batch, self.config.model_length, rng,
+                                                      keys=self._keys))
 
     def _windows(self, dataset, step: int, stream: int = 0, prefetch_until: int = 0) -> dict[str, torch.Tensor]:
         """The window batch of (step, stream), then queue steps step+1 .. min(step+depth, prefetch_until - 1)
@@ -298,63 +376,186 @@ class LOMPO(Algorithm):
             future.cancel() or future.exception()
         self._pending.clear()
 
+    def _ensure_buffers(self, dataset) -> None:
+        """Both rings, sized by the dataset where the config says 0 (the authors' capacity)."""
+        c, dim, A = self.config, self.model.feature_dim, self.spec.action_dim
+        if self.real_buffer is None:
+            self.real_buffer = TransitionBuffer(c.real_buffer_size or dataset.num_transitions, dim, A, self.device)
+        if self.latent_buffer is None:
+            self.latent_buffer = TransitionBuffer(c.latent_buffer_size or dataset.num_transitions, dim, A, self.device)
+
     @torch.no_grad()
-    def _posterior_windows(self, batch) -> tuple[LatentState, torch.Tensor]:
-        """Posterior states (B, L) of a window batch and the mask of rows usable as states."""
-        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self._autocast):
-            obs = {"image": batch["image"], **({"proprio": batch["proprio"]} if "proprio" in batch else {})}
-            posts, _, _ = self.model.observe(self.model.embed(obs), batch["action"], batch["is_first"])
-        posts = LatentState(posts.deter.float(), posts.stoch.float())
-        L = batch["action"].shape[1]
-        late = torch.arange(L, device=batch["action"].device) >= self.config.burn_in
-        usable = late.unsqueeze(0) | batch["is_first"][:, :1]  # (B, L)
-        return posts, usable
-
-    def _add_real(self, batch) -> None:
-        posts, usable = self._posterior_windows(batch)
-        features = posts.features()
-        keep = usable[:, :-1]
-        self.real_buffer.add({"obs": features[:, :-1][keep], "action": batch["action"][:, 1:][keep],
-                              "reward": batch["reward"][:, 1:][keep], "next_obs": features[:, 1:][keep],
-                              "not_done": 1.0 - batch["is_terminal"][:, 1:][keep].float()})
-
-    def _add_latent(self, batch, random_actions: bool) -> dict[str, torch.Tensor]:
+    def _posterior(self, batch) -> LatentState:
+        """Sampled posterior states (B, T) of sequences that each start at row 0 of `batch` from a zero state."""
         c = self.config
-        posts, usable = self._posterior_windows(batch)
+        B, T = batch["action"].shape[:2]
+        with self._autocast():
+            obs = {"image": batch["image"], **({"proprio": batch["proprio"]} if "proprio" in batch else {})}
+            # The conv encoder sees at most one model batch of frames at a time (whole episodes are long).
+            flat = {k: v.reshape(1, B * T, *v.shape[2:]) for k, v in obs.items()}
+            chunk = c.model_batch * c.model_length
+            embed = torch.cat([self.model.embed({k: v[:, i: i + chunk] for k, v in flat.items()})
+                               for i in range(0, B * T, chunk)], 1).reshape(B, T, -1)
+            posts, _, _ = self.model.observe(embed, batch["action"], batch["is_first"])
+        return LatentState(posts.deter.float(), posts.stoch.float())
+
+    def _fill_episodes(self, dataset, episodes: list[int]) -> None:
+        """Filter whole episodes from their first rows and add all their transitions to the real buffer.
+        Episodes are filtered together in groups, padded at the end to the group's longest (the
+        RSSM is causal, so padding never changes an earlier state; padded rows are dropped)."""
+        self._drain()  # the dataset is read on this thread
+        c = self.config
+        group_rows = 4 * c.model_batch * c.model_length
+        i = 0
+        while i < len(episodes):
+            group, rows = [], 0
+            while i < len(episodes) and (not group or rows + self._episode_rows(dataset, episodes[i]) <= group_rows):
+                rows += self._episode_rows(dataset, episodes[i])
+                group.append(episodes[i])
+                i += 1
+            parts = [dataset.episode(e, keys=self._keys) for e in group]
+            T = max(len(p["action"]) for p in parts)
+            valid = np.zeros((len(parts), T), bool)
+            padded = {k: np.zeros((len(parts), T, *parts[0][k].shape[1:]), parts[0][k].dtype) for k in self._keys}
+            for b, p in enumerate(parts):
+                n = len(p["action"])
+                valid[b, :n] = True
+                for k in self._keys:
+                    padded[k][b, :n] = p[k]
+            batch = self._to_device(padded)
+            features = self._posterior(batch).features()
+            keep = torch.as_tensor(valid[:, 1:], device=features.device)  # transition t -> t + 1 inside the episode
+            self.real_buffer.add({"obs": features[:, :-1][keep], "action": batch["action"][:, 1:][keep],
+                                  "reward": batch["reward"][:, 1:][keep], "next_obs": features[:, 1:][keep],
+                                  "not_done": 1.0 - batch["is_terminal"][:, 1:][keep].float()})
+
+    @staticmethod
+    def _episode_rows(dataset, e: int) -> int:
+        return int(dataset.episode_ends[e] - dataset.episode_starts[e])
+
+    def _window_starts(self, batch) -> LatentState:
+        """Rollout start states of a window batch: the posterior state of every row (after `burn_in`
+        for windows that start mid-episode), `rollout_starts` of them at random where set."""
+        c = self.config
+        posts = self._posterior(batch)
+        L = batch["action"].shape[1]
+        usable = (torch.arange(L, device=posts.deter.device) >= c.burn_in).unsqueeze(0) | batch["is_first"][:, :1]
         deter, stoch = posts.deter[usable], posts.stoch[usable]
         if c.rollout_starts and deter.shape[0] > c.rollout_starts:
             pick = torch.randperm(deter.shape[0], device=deter.device)[: c.rollout_starts]
             deter, stoch = deter[pick], stoch[pick]
-        actor = None if random_actions else (lambda features: self.sac.actor.sample(features.float())[0])
-        with torch.no_grad(), torch.autocast("cuda", dtype=torch.bfloat16, enabled=self._autocast):
-            out = self.model.rollout(LatentState(deter, stoch), c.horizon, actor, c.penalty, c.penalty_scale)
-        out = {k: v.float() for k, v in out.items()}
+        return LatentState(deter, stoch)
+
+    def _imagine(self, state: LatentState, action: torch.Tensor) -> tuple[LatentState, torch.Tensor, torch.Tensor]:
+        """One imagined step through ONE randomly drawn head for the whole batch (authors). Returns
+        (next state, raw reward per `latent_reward`, penalty)."""
+        c = self.config
+        N = action.shape[0]
+        head = torch.randint(c.heads, (1,), device=action.device).repeat(N)
+        next_state, info = self.model.imagine_step(state, action, head=head, penalty=c.penalty)
+        if c.latent_reward == "chosen_head":
+            reward = self.model.reward(next_state.features())
+        else:
+            reward = info["reward"]
+        return next_state, reward.float(), info["penalty"].float()
+
+    def _uniform_actions(self, n: int) -> torch.Tensor:
+        return torch.rand(n, self.spec.action_dim, device=self.device) * 2 - 1
+
+    @torch.no_grad()
+    def _add_latent(self, batch, warmup: bool) -> dict[str, torch.Tensor]:
+        """H-step rollouts from every start state of a window batch into the latent buffer."""
+        c = self.config
+        if warmup and c.warmup_actions == "uniform":
+            act: Callable = lambda features: self._uniform_actions(features.shape[0])
+        else:
+            act = lambda features: self.agent.explore(features, c.rollout_noise)
+        state = self._window_starts(batch)
+        out = {k: [] for k in ("obs", "action", "reward", "next_obs", "penalty", "raw_reward")}
+        with self._autocast():
+            for _ in range(c.horizon):
+                features = state.features().float()
+                action = act(features).float()
+                state, raw_reward, penalty = self._imagine(state, action)
+                out["obs"].append(features)
+                out["action"].append(action)
+                out["raw_reward"].append(raw_reward)
+                out["penalty"].append(penalty)
+                out["reward"].append(raw_reward - c.penalty_scale * penalty)
+                out["next_obs"].append(state.features().float())
+        out = {k: torch.cat(v, 0) for k, v in out.items()}
         out["not_done"] = torch.ones_like(out["reward"])  # none of the tasks has a terminal state
         self.latent_buffer.add(out)
-        return {"latent_reward": out["reward"].mean(), "latent_penalty": out["penalty"].mean()}
+        return {"latent_reward": out["reward"].mean(), "latent_raw_reward": out["raw_reward"].mean(),
+                "latent_penalty": out["penalty"].mean()}
+
+    @torch.no_grad()
+    def penalty_contrast(self, batch) -> dict[str, torch.Tensor]:
+        """Mean penalty of one imagined step from the same posterior states (every row of the window
+        batch but the last) with the dataset's actions, the current actor's (noise-free) actions and
+        uniform random actions. The same head draw serves all three."""
+        posts = self._posterior(batch)
+        start = LatentState(posts.deter[:, :-1].flatten(0, 1), posts.stoch[:, :-1].flatten(0, 1))
+        n = start.deter.shape[0]
+        actions = {"data": batch["action"][:, 1:].flatten(0, 1),
+                   "policy": self.agent.actor.mode(start.features()).float(),
+                   "random": self._uniform_actions(n)}
+        head_seed = int(torch.randint(2**62, ()).item())
+        out = {}
+        with self._autocast():
+            for name, action in actions.items():
+                with torch.random.fork_rng(devices=[torch.device(self.device).index or 0] if self._cuda else []):
+                    torch.manual_seed(head_seed)  # same head and same noise for the three action sets
+                    _, _, penalty = self._imagine(start, action)
+                out[f"penalty_{name}"] = penalty.mean()
+        return out
+
+    @torch.no_grad()
+    def _q_means(self) -> dict[str, torch.Tensor]:
+        n = self.config.agent_batch
+        out = {}
+        with self._autocast():
+            for name, buffer in (("q_real", self.real_buffer), ("q_latent", self.latent_buffer)):
+                sample = buffer.sample(n)
+                q1, q2 = self.agent.critic(sample["obs"], sample["action"])
+                out[name] = torch.min(q1, q2).float().mean()
+        return out
 
     # ----------------------------------------------------------------------------------------
     # Training
 
     def train_step(self, dataset, step: int) -> dict[str, float]:
         c = self.config
-        model_end, real_end, latent_end, _ = (int(x) for x in self.phase_ends)
+        model_end, real_end, latent_end, total = (int(x) for x in self.phase_ends)
         if step < model_end:
             metrics = self._model_step(dataset, step, prefetch_until=model_end)
         elif step < real_end:
-            self._add_real(self._windows(dataset, step, stream=1))
+            self._ensure_buffers(dataset)
+            n, i = dataset.num_episodes, step - model_end
+            self._fill_episodes(dataset, list(range(i * n // c.real_fill_steps, (i + 1) * n // c.real_fill_steps)))
             metrics = {"real_buffer": torch.tensor(float(self.real_buffer.size))}
         elif step < latent_end:
-            metrics = self._add_latent(self._windows(dataset, step, stream=2), random_actions=True)
+            self._ensure_buffers(dataset)
+            metrics = self._add_latent(self._windows(dataset, step, stream=2), warmup=True)
             metrics["latent_buffer"] = torch.tensor(float(self.latent_buffer.size))
         else:
+            self._ensure_buffers(dataset)
             agent_step = step - latent_end
             metrics = {}
             if agent_step > 0 and agent_step % c.epoch_length == 0:  # Algorithm 1: refresh both buffers
-                for i in range(c.epoch_real_batches):
-                    self._add_real(self._windows(dataset, step, stream=10 + i))
+                block = agent_step // c.epoch_length
+                # The episodes after the last one filtered, cycling through the dataset in order.
+                first = (block - 1) * c.epoch_real_episodes
+                self._fill_episodes(dataset, [(first + j) % dataset.num_episodes for j in range(c.epoch_real_episodes)])
                 for i in range(c.epoch_latent_batches):
-                    metrics.update(self._add_latent(self._windows(dataset, step, stream=100 + i), random_actions=False))
+                    batch = self._windows(dataset, step, stream=100 + i)
+                    metrics.update(self._add_latent(batch, warmup=False))
+                    if i == 0:
+                        metrics.update(self.penalty_contrast(batch))
+                metrics.update(self._q_means())
+            elif step == total - 1:  # the contrast and Q values at the end of the run
+                metrics.update(self.penalty_contrast(self._windows(dataset, step, stream=200)))
+                metrics.update(self._q_means())
             metrics.update(self._agent_step())
         # One host sync for all metrics.
         names = list(metrics)
@@ -368,8 +569,10 @@ class LOMPO(Algorithm):
         batch = self._windows(dataset, step, stream=0, prefetch_until=prefetch_until)
         wait = time.perf_counter() - t0
         self.model.train()
-        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self._autocast):
+        with self._autocast():
             loss, metrics, _ = self.model.loss(batch)
+        if self.config.kl_balance is None:  # report the authors' loss value (the optimised one counts the KL twice)
+            metrics["model_loss"] = -(metrics["elbo"] + metrics["kl"]) + self.config.kl_scale * metrics["kl"]
         self.model_optim.zero_grad(set_to_none=True)
         loss.backward()
         metrics["model_grad_norm"] = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.config.model_grad_clip)
@@ -382,8 +585,9 @@ class LOMPO(Algorithm):
         n = self.config.agent_batch
         real, latent = self.real_buffer.sample(n), self.latent_buffer.sample(n)
         batch = {k: torch.cat([real[k], latent[k]], 0) for k in TransitionBuffer.FIELDS}
-        metrics = self.sac.update(SACBatch(obs=batch["obs"], action=batch["action"], reward=batch["reward"],
-                                           next_obs=batch["next_obs"], not_done=batch["not_done"]))
+        with self._autocast():
+            metrics = self.agent.update(SACBatch(obs=batch["obs"], action=batch["action"], reward=batch["reward"],
+                                                 next_obs=batch["next_obs"], not_done=batch["not_done"]))
         self._gradient_steps += 1
         return metrics
 
@@ -391,27 +595,35 @@ class LOMPO(Algorithm):
     # Evaluation, checkpoints, figures
 
     def policy(self) -> Policy:
-        return LatentPolicy(self.model, self.sac, self.device, proprio=self.spec.proprio_dim > 0)
+        return LatentPolicy(self.model, self.agent.actor, self.device, proprio=self.spec.proprio_dim > 0,
+                            sample=self.config.eval_posterior == "sample", seed=self.seed,
+                            precision_name=self.config.precision)
 
     def state_dict(self) -> dict:
         state = {"model": self.model.state_dict(), "model_optim": self.model_optim.state_dict(),
-                 "sac": self.sac.state_dict(), "sac_optim": self.sac.optim_state_dict(),
-                 "real_buffer": self.real_buffer.state_dict(), "latent_buffer": self.latent_buffer.state_dict(),
+                 "agent": self.agent.state_dict(), "agent_optim": self.agent.optim_state_dict(),
+                 "real_buffer": self.real_buffer.state_dict() if self.real_buffer is not None else None,
+                 "latent_buffer": self.latent_buffer.state_dict() if self.latent_buffer is not None else None,
                  "gradient_steps": self._gradient_steps, "torch_rng": torch.get_rng_state()}
-        if str(self.device).startswith("cuda"):
+        if self._cuda:
             state["cuda_rng"] = torch.cuda.get_rng_state(torch.device(self.device))
         return state
 
     def load_state_dict(self, state: dict) -> None:
         self.model.load_state_dict(state["model"])
         self.model_optim.load_state_dict(state["model_optim"])
-        self.sac.load_state_dict(state["sac"])
-        self.sac.load_optim_state_dict(state["sac_optim"])
-        self.real_buffer.load_state_dict(state["real_buffer"])
-        self.latent_buffer.load_state_dict(state["latent_buffer"])
+        self.agent.load_state_dict(state["agent"])
+        self.agent.load_optim_state_dict(state["agent_optim"])
+        dim, A = self.model.feature_dim, self.spec.action_dim
+        for name in ("real_buffer", "latent_buffer"):
+            buffer = None
+            if state[name] is not None:
+                buffer = TransitionBuffer(state[name]["capacity"], dim, A, self.device)
+                buffer.load_state_dict(state[name])
+            setattr(self, name, buffer)
         self._gradient_steps = int(state["gradient_steps"])
         torch.set_rng_state(state["torch_rng"].cpu())
-        if "cuda_rng" in state and str(self.device).startswith("cuda"):
+        if "cuda_rng" in state and self._cuda:
             torch.cuda.set_rng_state(state["cuda_rng"].cpu(), torch.device(self.device))
         self._drain()
 
@@ -434,11 +646,11 @@ class LOMPO(Algorithm):
                 batch[k] = batch[k].float()
         batch["is_first"] = batch["is_first"].bool()
         # Figures must not change the training run's random stream.
-        cuda = [torch.device(self.device).index or 0] if self._autocast else []
+        cuda = [torch.device(self.device).index or 0] if self._cuda else []
         with torch.random.fork_rng(devices=cuda):
             torch.manual_seed(self.seed)
             self.model.eval()
-            with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self._autocast):
+            with self._autocast():
                 samples = self.model.open_loop(batch, context)
             self.model.train()
         observed = arrays["image"]
