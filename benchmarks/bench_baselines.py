@@ -24,7 +24,7 @@ folder of its own that only this script puts on `sys.path` (after the venv's pac
 (h5py, its last dependency, is in the project's `export` extra.) Without d3rlpy the
 benchmark still times ours and says d3rlpy is missing.
 
-    python benchmarks/bench_baselines.py [--device cpu|cuda] [--batch 256] [--image-size 64]
+    python benchmarks/bench_baselines.py [--device cpu|cuda] [--batch 256] [--image-size 64] [--precision bf16|fp32]
 Writes bench-output/bench_baselines.json.
 """
 
@@ -98,7 +98,7 @@ def bench_bc(args) -> list[dict]:
     contenders, params = {}, {}
 
     def ours_with_pad(pad):
-        config = BCConfig(batch_size=batch, actor_hidden=256, actor_layers=1, augment_pad=pad)
+        config = BCConfig(batch_size=batch, actor_hidden=256, actor_layers=1, augment_pad=pad, precision=args.precision)
         ours = BC(config, spec, device=device, seed=0)
 
         def update():
@@ -189,7 +189,7 @@ def bench_cql(args) -> list[dict]:
 
     for pad in (0, 4):
         config = CQLConfig(batch_size=batch, actor_hidden=256, actor_layers=1, critic_hidden=256, critic_layers=1,
-                           augment_pad=pad)
+                           augment_pad=pad, precision=args.precision)
         ours = CQL(config, spec, device=device, seed=0)
 
         def update_ours():
@@ -237,6 +237,8 @@ def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--batch", type=int, default=256)
+    parser.add_argument("--precision", default="bf16", choices=("bf16", "fp32"),
+                        help="our side's precision (default: the bf16 fast path; d3rlpy runs fp32)")
     parser.add_argument("--image-size", type=int, default=64)
     parser.add_argument("--iters", type=int, default=20)
     parser.add_argument("--warmup", type=int, default=3)
