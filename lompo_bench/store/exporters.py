@@ -35,7 +35,7 @@ re-rendered from their physics states first (``collectors.rerender``).
 limit keeps all T+1 observations: its last row holds o_T with a zero action and
 ``timeouts = 1``, which d3rlpy reads as the next observation of the last real transition
 (it takes no transition from that row). An episode ended by the task has T rows, the last
-with ``terminals = 1``.
+with ``terminals = 1``. Images only: ``proprio`` (D'Claw, Adroit) is left out, and said so.
 
 Every output is written to a temporary name beside the target and renamed when whole, so a
 failure or a kill leaves the previous output (or nothing) in place, never a partial one.
@@ -152,6 +152,9 @@ def export(path, format: str, out=None, *, overwrite: bool = False, jpeg: bool =
         return _export_vd4rl(ds, format, out, image_size or VD4RL_IMAGE_SIZE[format], say, progress)
     with atomic_target(out) as tmp:
         {"npz": _write_npz, "hdf5": _write_hdf5, "d3rlpy": _write_d3rlpy}[format](ds, tmp)
+    if format == "d3rlpy" and "proprio" in ds.keys:
+        say("d3rlpy arrays hold the images only (one pixel observation, as its image encoders take); "
+            "proprio is left out: use --format npz for it")
     return out
 
 
