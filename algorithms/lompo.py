@@ -44,12 +44,15 @@ training, `eval_posterior=sample`, from a generator seeded per episode, so an ev
 repeatable and never touches the training RNG; `mean`: the posterior mean) and the actor acts
 without noise.
 
-Precision: the model step, the fills, the rollouts, the agent updates and acting run under
-`precision.autocast(config.precision, device)` (bf16 autocast, or nothing for `fp32`). The model
+Precision: the model step, the fills, the rollouts and the agent updates run under
+`precision.autocast(config.precision, device)` (bf16 autocast, or nothing for `fp32`); acting does
+too on a GPU, in fp32 on a CPU (one frame at a time, where autocast measured slower). The model
 is frozen after phase 1 (as in Algorithm 1).
 
 Deviations on purpose: the `cpu` and `smoke` profiles shrink sizes and steps (`PROFILE_SCALING`,
-numbers measured below); buffers grow on demand instead of being preallocated.
+with the measured step times behind them); buffers grow on demand instead of being preallocated;
+the real-buffer fill is split over `real_fill_steps` calls (checkpoints between them); `free_nats`
+(off by default) clamps only the posterior side of the KL (latent_model.py).
 """
 
 from __future__ import annotations
@@ -166,9 +169,23 @@ class LOMPOConfig:
 
 
 PROFILE_SCALING = {
-    # cpu: see CPU_PROFILE_NOTE below for the measured step times behind these numbers.
-    "cpu": dict(model_steps=2_000, model_batch=16, model_length=32, depth=16, deter=128, stoch=32, hidden=128,
-                reward_hidden=128, real_fill_steps=4, latent_init_transitions=10_000, agent_steps=20_000,
+    # cpu: the authors' recipe shrunk (same phases, same agent) to <= ~25 min on one core, evaluation
+    # included. Sizes: 16 x 32 windows, half-width convs, 128-unit GRU, 128 + 128 agent batches; the
+    # walker cpu dataset is 20K transitions (40 episodes), so both rings hold 20K (latent: ~8 blocks of
+    # 16 x 32 x 5 = 2,560 rollouts), and the warm-up is half of that (authors: 50K of walker's 100K).
+    # Step times (benchmark in the lompo-bench #11 report; fp32, 1 thread, medians of 3 interleaved rounds
+    # on a machine at load 7-10, so only their RATIOS are usable): per agent update 1, model step 25,
+    # rollout block (rollout + contrast + Q means) 11, filtering one 500-step episode 5, one evaluation
+    # env step (physics + 64 px render + filtering + actor) 0.13. Anchored at the 1.33 s per model step
+    # measured earlier at these sizes (benchmarks/bench_lompo.py, load 3-9) that is: agent update 53 ms,
+    # rollout block 0.58 s, whole-dataset fill 11 s, evaluation 3.4 s per 500-step episode; the runner's
+    # cpu schedule (10 evaluations x 10 episodes) costs ~345 s. bf16 autocast (the default) measured
+    # 0.76x (model step), 0.79x (agent update), 0.76x (rollouts), 1.27x (fill) of fp32 in the same rounds.
+    # Budget: 600 model steps (~800 s fp32 / ~610 s bf16) + 8,000 agent updates in 40 blocks (~460 / ~360 s)
+    # + fills (~45 s) + evaluation (~345 s, acting is fp32) = ~27 min fp32, ~23 min bf16; an idle core is
+    # faster than the loaded anchor. Shares (bf16): model ~45%, agent ~27%, evaluation ~25%.
+    "cpu": dict(model_steps=600, model_batch=16, model_length=32, depth=16, deter=128, stoch=32, hidden=128,
+                reward_hidden=128, real_fill_steps=4, latent_init_transitions=10_000, agent_steps=8_000,
                 agent_batch=128),
     "smoke": dict(model_steps=4, model_batch=4, model_length=8, depth=8, deter=32, stoch=8, hidden=32,
                   reward_hidden=32, real_fill_steps=2, latent_init_transitions=100, agent_steps=6, agent_batch=16,
@@ -261,7 +278,8 @@ class LatentPolicy(Policy):
 
     @torch.no_grad()
     def act(self, obs: dict[str, np.ndarray]) -> np.ndarray:
-        with precision.autocast(self.precision, self.device):
+        # One frame at a time; bf16 autocast measured 1.4x slower than fp32 here on CPU, so only a GPU uses it.
+        with precision.autocast(self.precision if str(self.device).startswith("cuda") else "fp32", self.device):
             batch = {"image": torch.as_tensor(obs["image"], device=self.device)[None]}
             if self.proprio:
                 batch["proprio"] = torch.as_tensor(obs["proprio"], dtype=torch.float32, device=self.device)[None]
