@@ -40,6 +40,7 @@ from __future__ import annotations
 import csv
 import dataclasses
 import datetime
+import errno
 import json
 import math
 import os
@@ -64,6 +65,7 @@ EVAL_EPISODES = {"smoke": 2, "cpu": 10, "paper": 10}
 EVALS_PER_RUN = {"smoke": 1, "cpu": 10, "paper": 20}  # evaluations spread over training (the last at the end)
 CHECKPOINTS_PER_RUN = 20
 CHECKPOINT_MAX_INTERVAL_S = 600.0
+WRITE_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES)  # the disk's fault, not the run's
 LOCK_HEARTBEAT_S = 30.0  # the run lock's holder touches it this often...
 LOCK_STALE_S = 300.0  # ...and a lock untouched this long is a dead holder's (on any machine)
 PROFILE_NOTES = {
@@ -258,26 +260,61 @@ def jsonable(x):
 # Files of a run directory
 
 
-def write_json_atomic(path: Path, data) -> None:
+def write_atomic(path: Path, write, mode: str = "w") -> None:
+    """`write(file)` into a temporary file, fsync, then rename: a kill never leaves half a file,
+    and a failed write (a full disk) leaves the old file and no temporary behind."""
     tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w") as f:
-        json.dump(data, f, indent=2, default=str)
-        f.write("\n")
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, mode, **({"newline": ""} if mode == "w" else {})) as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        if exc.filename is None:  # a failed write() names no file: say which
+            raise OSError(exc.errno, exc.strerror, str(path)) from None
+        raise
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def write_json_atomic(path: Path, data) -> None:
+    write_atomic(path, lambda f: f.write(json.dumps(data, indent=2, default=str) + "\n"))
+
+
+class _KeepWriteError:
+    """A file whose write() remembers its OSError: torch.save reports a failed write (a full
+    disk) as a RuntimeError without the errno."""
+
+    def __init__(self, file):
+        self.file, self.error = file, None
+
+    def write(self, data):
+        try:
+            return self.file.write(data)
+        except OSError as exc:
+            self.error = exc
+            raise
+
+    def flush(self):
+        self.file.flush()
 
 
 def save_checkpoint(path: Path, state: dict) -> None:
-    """torch.save to a temporary file, fsync, then rename: a kill never leaves half a checkpoint."""
     import torch
 
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:
-        torch.save(state, f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    def write(f):
+        recorder = _KeepWriteError(f)
+        try:
+            torch.save(state, recorder)
+        except RuntimeError:
+            if recorder.error is not None:
+                raise recorder.error from None
+            raise
+
+    write_atomic(path, write, "wb")
 
 
 def rng_state() -> dict:
@@ -337,12 +374,12 @@ class CsvLog:
                 csv.DictWriter(f, self.columns).writerow(row)
 
     def _rewrite(self) -> None:
-        tmp = self.path.with_name(self.path.name + ".tmp")
-        with open(tmp, "w", newline="") as f:
+        def write(f):
             writer = csv.DictWriter(f, self.columns)
             writer.writeheader()
             writer.writerows(self.rows)
-        os.replace(tmp, self.path)
+
+        write_atomic(self.path, write)
 
 
 def plot_learning_curve(evals: list[dict], path: Path, title: str, references=(None, None)) -> Path | None:
@@ -840,7 +877,7 @@ def set_torch_threads(threads: int) -> int:
     return threads
 
 
-THREADS_HELP = ("Torch threads for this job (default 1). On shared cores more than one thread per job can be "
+THREADS_HELP = ("Torch threads for this job. On shared cores more than one thread per job can be "
                 "~100x slower on small ops (the threads wait for each other); raise it only on an idle machine.")
 
 
@@ -1187,6 +1224,12 @@ class Trainer:
                 self.finish()
             finally:
                 restore()
+        except OSError as exc:
+            if exc.errno not in WRITE_ERRNOS:
+                raise
+            raise UserError(f"cannot write {exc.filename or self.run_dir}: {exc.strerror}; the last checkpoint is "
+                            "kept: free space (or make the folder writable) and run the same command again to "
+                            "resume") from None
         finally:
             self.close()
         return self.run_dir

@@ -124,3 +124,26 @@ def test_sigint_exits_130_and_keeps_the_checkpoint(smoke_dataset, tmp_path):
     assert message.startswith(f"error: SIGINT at step {stopped_at}/{steps}: checkpoint saved"), message
     assert 0 < stopped_at < steps and not (out / "result.json").exists()
     assert not (out / ".lock").exists()  # the lock is given back on the way out
+
+
+def test_a_full_disk_is_a_one_line_error_and_leaves_no_half_written_file(smoke_dataset, tmp_path):
+    smoke_dataset("walker")
+    small = tmp_path / "small"
+    small.mkdir()
+    if os.geteuid() != 0:
+        pytest.skip("a full filesystem needs root to mount a small tmpfs")
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=128k", "tmpfs", str(small)], capture_output=True)
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a small tmpfs here: {mounted.stderr.decode().strip()}")
+    try:
+        out = small / "run"
+        result = invoke("run", "bc", *SMOKE, "--out", str(out), "--steps", "20", "--checkpoint-every", "5")
+        # The run started (its messages come first) and stops at the first checkpoint, which does not fit.
+        assert result.exit_code == 2 and "Traceback" not in result.output, result.output
+        message = result.output.strip().splitlines()[-1]
+        assert message.startswith(f"error: cannot write {out / 'checkpoint.pt'}: No space left on device"), message
+        assert "run the same command again to resume" in message
+        assert (out / "config.json").exists() and not (out / "result.json").exists()
+        assert not list(out.glob("*.tmp")) and not (out / ".lock").exists()
+    finally:
+        subprocess.run(["umount", str(small)], check=True)
