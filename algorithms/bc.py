@@ -36,7 +36,7 @@ from .augment import random_shift
 from .base import Algorithm, DataSpec, Policy
 from .encoders import ObservationEncoder
 from .networks import TanhGaussianActor
-from .precision import DEFAULT_PRECISION, autocast, check_precision
+from .precision import DEFAULT_PRECISION, acting_precision, autocast, check_precision
 
 
 @dataclass
@@ -86,7 +86,7 @@ class BCPolicy(Policy):
     @torch.no_grad()
     def act(self, obs: dict[str, np.ndarray]) -> np.ndarray:
         batch = to_tensors({k: v[None] for k, v in obs.items() if k in ("image", "proprio")}, self.device)
-        with autocast(self.precision, self.device):
+        with autocast(acting_precision(self.precision, self.device), self.device):
             action = self.actor.mode(self.encoder(batch))
         return action[0].float().cpu().numpy()
 

@@ -48,7 +48,7 @@ from .bc import to_tensors
 from .agents import SAC, SACBatch, SACConfig
 from .encoders import ObservationEncoder
 from .networks import TwinQ, soft_update
-from .precision import DEFAULT_PRECISION, autocast, check_precision
+from .precision import DEFAULT_PRECISION, acting_precision, autocast, check_precision
 
 
 @dataclass
@@ -129,7 +129,7 @@ class CQLPolicy(Policy):
     @torch.no_grad()
     def act(self, obs: dict[str, np.ndarray]) -> np.ndarray:
         batch = to_tensors({k: v[None] for k, v in obs.items() if k in ("image", "proprio")}, self.device)
-        with autocast(self.precision, self.device):
+        with autocast(acting_precision(self.precision, self.device), self.device):
             return self.actor.mode(self.encoder(batch))[0].float().cpu().numpy()
 
 

@@ -67,7 +67,7 @@ from .bc import to_tensors
 from .agents import SAC, SACBatch, SACConfig
 from .encoders import ConvDecoder, ObservationEncoder, image_log_likelihood
 from .networks import mlp
-from .precision import DEFAULT_PRECISION, autocast, check_precision
+from .precision import DEFAULT_PRECISION, acting_precision, autocast, check_precision
 
 
 @dataclass
@@ -228,7 +228,7 @@ class SLACPolicy(Policy):
 
     @torch.no_grad()
     def act(self, obs: dict[str, np.ndarray]) -> np.ndarray:
-        with autocast(self.precision, self.device):
+        with autocast(acting_precision(self.precision, self.device), self.device):
             return self._act(obs)
 
     def _act(self, obs: dict[str, np.ndarray]) -> np.ndarray:

@@ -256,3 +256,6 @@ def test_precision_is_validated_on_every_config():
         assert config(precision="fp32").precision == "fp32"
         with pytest.raises(UserError, match="precision"):
             config(precision="fp16")
+    # Policies act one frame at a time: fp32 on CPU (faster at batch 1), the run's precision on a GPU.
+    assert precision.acting_precision("bf16", "cpu") == "fp32"
+    assert precision.acting_precision("bf16", "cuda") == "bf16"
