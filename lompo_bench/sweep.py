@@ -281,6 +281,9 @@ def train_job(spec: dict) -> dict:
             if staged.exists() and not final.exists():
                 os.replace(staged, final)  # same folder tree: the open file keeps being written
 
+    if (Path(spec["run_dir"]) / "result.json").exists():  # finished meanwhile by another sweep or `run`
+        print("finished by another process; not trained again", flush=True)
+        return {"note": "finished meanwhile by another process"}
     run_dir = run(spec["algo"], spec["env"], spec["split"], seed=spec["seed"], profile=spec["profile"],
                   overrides=spec["overrides"] or None, out=spec["run_dir"],
                   callbacks=[ConsoleReporter(progress=False), LogIntoRunDir()])
@@ -496,6 +499,7 @@ class Sweep:
                         else:
                             note = outcome.get("published") and f"published: {outcome['published']}"
                             note = note or (outcome.get("refused") and f"not published: {outcome['refused']}")
+                            note = note or outcome.get("note")
                             self.finish(job, "done", note or "")
                         if job.kind == "collect":
                             for other in todo:

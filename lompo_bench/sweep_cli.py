@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import click
@@ -51,6 +52,8 @@ def sweep(algos, envs, splits, seeds, profile, settings, collect, publish, csv_p
 
     if local_cpus is not None and local_cpus < 1:
         raise UserError(f"--local-cpus must be >= 1, got {local_cpus}")
+    if local_cpus is not None and (address or os.environ.get("RAY_ADDRESS")):
+        raise UserError("--local-cpus sizes a local Ray; with --address (or RAY_ADDRESS) the cluster has its own CPUs")
     if csv_path is not None and not publish:
         raise UserError("--csv goes with --publish (the CSV the runs are published to)")
     grid = sweeps.Grid.parse(algos, envs, splits, seeds, profile, settings)
