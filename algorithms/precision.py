@@ -36,7 +36,10 @@ def autocast(precision: str, device: torch.device | str = "cpu"):
     if check_precision(precision) == "fp32":
         return contextlib.nullcontext()
     device_type = torch.device(device).type
-    return torch.autocast(device_type=device_type, dtype=torch.bfloat16)
+    # No weight-cast cache: autocast's cache keeps a parameter's bf16 copy until the context
+    # exits, so a step that updates weights and uses them again inside one context (an update
+    # loop, an actor after its critic) would read stale weights. Re-casting costs little.
+    return torch.autocast(device_type=device_type, dtype=torch.bfloat16, cache_enabled=False)
 
 
 def acting_precision(precision: str, device: torch.device | str = "cpu") -> str:

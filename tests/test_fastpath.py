@@ -60,6 +60,19 @@ def test_fp32_output_layers_return_fp32_inside_autocast():
     assert set(mlp(12, 3, fp32_out=True).state_dict()) == set(mlp(12, 3).state_dict())
 
 
+def test_autocast_sees_weights_updated_inside_it():
+    """An update loop inside one autocast context must use each step's new weights (plain
+    torch.autocast caches a parameter's bf16 copy until the context exits)."""
+    layer, x = nn.Linear(4, 4), torch.ones(1, 4)
+    with bf16():
+        before = layer(x)
+        with torch.no_grad():
+            layer.weight.add_(1.0)
+        after = layer(x)
+    torch.testing.assert_close(after.float(), nn.functional.linear(x, layer.weight, layer.bias), rtol=1e-2, atol=1e-2)
+    assert not torch.equal(before, after)
+
+
 def test_bf16_keeps_q_values_at_full_scale():
     """Q ~ 50: an fp32 output layer keeps the bf16 critic within 1e-2 of fp32 (a bf16 output
     layer rounds values near 50 to steps of 0.25)."""
