@@ -505,8 +505,10 @@ class RunLock:
     def read(self) -> dict | None:
         try:
             holder = json.loads(self.path.read_text())
+            if not isinstance(holder, dict):
+                raise ValueError("not a lock")
             holder["heartbeat_age_s"] = max(0.0, time.time() - self.path.stat().st_mtime)
-            return holder if isinstance(holder, dict) else None
+            return holder
         except FileNotFoundError:
             return None
         except (OSError, ValueError):  # unreadable: judged by its age alone
@@ -1222,6 +1224,11 @@ class Trainer:
                 self.announce()
                 self.train()
                 self.finish()
+            except KeyboardInterrupt:  # a second signal: stopped at once, without a new checkpoint
+                kept = (f"the checkpoint of step {self.last_checkpoint_step} is kept" if self.last_checkpoint_step
+                        else "no checkpoint was written yet")
+                raise Interrupted(f"stopped at once at step {self.step}/{self.total} (a second signal); {kept}; "
+                                  "run the same command again to resume") from None
             finally:
                 restore()
         except OSError as exc:

@@ -147,3 +147,37 @@ def test_a_full_disk_is_a_one_line_error_and_leaves_no_half_written_file(smoke_d
         assert not list(out.glob("*.tmp")) and not (out / ".lock").exists()
     finally:
         subprocess.run(["umount", str(small)], check=True)
+
+
+class SignalAt:
+    """Sends this process `count` SIGINTs after step `step`, as a user pressing Ctrl-C would."""
+
+    def __init__(self, step, count):
+        self.step, self.count = step, count
+
+    def on_step(self, trainer, step, metrics):
+        if step == self.step:
+            for _ in range(self.count):
+                os.kill(os.getpid(), signal.SIGINT)
+                time.sleep(0.05)  # Python runs the handler between bytecodes: let each one land
+
+
+@pytest.mark.parametrize("count,message", [
+    (1, "SIGINT at step 3/8: checkpoint saved in"),
+    (2, "stopped at once at step 3/8 (a second signal); the checkpoint of step 2 is kept"),
+])
+def test_ctrl_c_stops_with_exit_130_and_keeps_the_checkpoint(count, message, smoke_dataset, tmp_path):
+    from lompo_bench.runner import Callback, Interrupted, run
+
+    class CtrlC(SignalAt, Callback):
+        pass
+
+    smoke_dataset("walker")
+    out = tmp_path / "run"
+    with pytest.raises(Interrupted, match=message.replace("(", r"\(").replace(")", r"\)")) as stopped:
+        run("bc", "walker", "random", profile="smoke", steps=8, checkpoint_every=2, out=out,
+            callbacks=[CtrlC(3, count)])
+    assert stopped.value.exit_code == 130
+    saved = int(torch.load(out / "checkpoint.pt", map_location="cpu", weights_only=False)["step"])
+    assert saved == (3 if count == 1 else 2) and not (out / "result.json").exists()
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handlers given back
