@@ -112,16 +112,20 @@ class TanhGaussianActor(nn.Module):
         return mean, log_std
 
     @staticmethod
-    def _squashed_log_prob(pre_tanh: torch.Tensor, mean, log_std) -> torch.Tensor:
-        normal = torch.distributions.Normal(mean, log_std.exp())
+    def _squashed_log_prob(pre_tanh: torch.Tensor, mean, log_std, std=None) -> torch.Tensor:
+        # Gaussian log-density written out (torch.distributions.Normal's, without its argument
+        # checks: they cost a host-side reduction per call, 4% of a latent SAC update).
+        z = (pre_tanh - mean) / (log_std.exp() if std is None else std)
+        log_normal = -0.5 * z.square() - log_std - 0.5 * math.log(2 * math.pi)
         # log|d tanh(u)/du| = 2 * (log 2 - u - softplus(-2u)), numerically stable form.
         correction = 2.0 * (math.log(2.0) - pre_tanh - F.softplus(-2.0 * pre_tanh))
-        return (normal.log_prob(pre_tanh) - correction).sum(-1)
+        return (log_normal - correction).sum(-1)
 
     def sample(self, features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         mean, log_std = self(features)
-        pre_tanh = mean + log_std.exp() * torch.randn_like(mean)
-        return torch.tanh(pre_tanh), self._squashed_log_prob(pre_tanh, mean, log_std)
+        std = log_std.exp()
+        pre_tanh = mean + std * torch.randn_like(mean)
+        return torch.tanh(pre_tanh), self._squashed_log_prob(pre_tanh, mean, log_std, std)
 
     def log_prob(self, features: torch.Tensor, action: torch.Tensor) -> torch.Tensor:
         mean, log_std = self(features)
