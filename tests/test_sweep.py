@@ -1,0 +1,137 @@
+"""`lompo-bench sweep` on a real local Ray (2 CPUs): collection job first, training jobs, publish,
+Table I; a re-run skips what is finished; a sweep SIGKILLed midway and re-run trains only the rest.
+
+The sweeps run as subprocesses (the command users type), on D'Claw smoke datasets (its smoke
+SAC expert beats the random policy, so runs are publishable)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from lompo_bench.errors import UserError
+from lompo_bench.leaderboard import csv_store
+from lompo_bench.sweep import Grid, parse_seeds, plan
+
+ENV = "dclaw-screw"
+
+
+def sweep_command(*args: str) -> list[str]:
+    return [sys.executable, "-m", "lompo_bench.cli", "sweep", "--envs", ENV, "--profile", "smoke",
+            "--local-cpus", "2", *args]
+
+
+def sweep_env(home: Path) -> dict:
+    return dict(os.environ, LOMPO_BENCH_HOME=str(home), OMP_NUM_THREADS="1", RAY_AUTH_MODE="disabled")
+
+
+def end_group(proc: subprocess.Popen) -> None:
+    """SIGKILL what is left of a sweep's process group: the Ray processes a driver started."""
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+
+
+def run_sweep(home: Path, *args: str, timeout: float = 600) -> subprocess.CompletedProcess:
+    proc = subprocess.Popen(sweep_command(*args), env=sweep_env(home), stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    finally:
+        end_group(proc)
+    return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
+
+
+def run_dir(home: Path, algo: str, split: str, seed: int) -> Path:
+    return home / "runs" / algo / "smoke" / ENV / split / f"seed{seed}"
+
+
+@pytest.fixture(scope="module")
+def home(lompo_home, smoke_dataset) -> Path:
+    smoke_dataset(ENV, "expert")  # the SAC run of seed 0 and its expert split
+    return lompo_home
+
+
+def test_grid_parsing_and_bad_input():
+    assert parse_seeds("0-2") == (0, 1, 2) and parse_seeds("0,3") == (0, 3) and parse_seeds("1-2,0,2") == (1, 2, 0)
+    for bad in ("", "a", "2-1", "-1", "0-x"):
+        with pytest.raises(UserError, match="bad --seeds"):
+            parse_seeds(bad)
+    with pytest.raises(UserError, match="unknown algorithm 'bcq'"):
+        Grid.parse("bc,bcq", ENV, "expert", "0", "smoke")
+    with pytest.raises(UserError, match="unknown setting 'nope' for bc"):
+        Grid.parse("bc", ENV, "expert", "0", "smoke", ["nope=1"])
+
+
+def test_missing_dataset_without_collect_is_an_error(tmp_path, monkeypatch):
+    monkeypatch.setenv("LOMPO_BENCH_HOME", str(tmp_path))
+    with pytest.raises(UserError, match=f"lompo-bench collect {ENV} --split expert --profile smoke"):
+        plan(Grid.parse("bc", ENV, "expert", "0", "smoke"))
+
+
+def test_sweep_collects_trains_publishes_and_skips_finished(home, tmp_path):
+    csv = tmp_path / "lb.csv"
+    args = ("--algos", "bc", "--splits", "expert,random", "--seeds", "0", "--collect", "--publish", "--csv", str(csv))
+    done = run_sweep(home, *args)
+    assert done.returncode == 0, done.stderr
+    assert "1 datasets to collect" in done.stderr  # random is missing; expert exists
+    assert f"done collect {ENV} (random)" in done.stderr
+    for split in ("expert", "random"):
+        rd = run_dir(home, "bc", split, 0)
+        assert (rd / "result.json").is_file()
+        log = (rd / "sweep.log").read_text()
+        assert "publish:" in log and "normalized score" in log  # the run's own messages went to its log
+        assert not (rd.parent / ".seed0.sweep.log").exists()  # the staging log moved into the run dir
+    rows = csv_store.read_rows(csv)
+    assert sorted(r["split"] for r in rows) == ["expert", "random"] and {r["algorithm"] for r in rows} == {"bc"}
+    assert all(r["dataset_verified"] for r in rows)
+    assert "| D'Claw Screw | expert |" in done.stdout and "(1) |" in done.stdout  # Table I of the grid
+
+    before = {s: (run_dir(home, "bc", s, 0) / "result.json").read_bytes() for s in ("expert", "random")}
+    again = run_sweep(home, *args)
+    assert again.returncode == 0, again.stderr
+    assert "2 finished (skipped), 0 to train, 0 datasets to collect" in again.stderr
+    assert not [line for line in again.stderr.splitlines() if line.startswith("done ")]  # no job ran
+    assert len(csv_store.read_rows(csv)) == 2  # nothing published twice
+    assert {s: (run_dir(home, "bc", s, 0) / "result.json").read_bytes() for s in before} == before
+
+
+def test_killed_sweep_rerun_trains_only_the_rest(home, tmp_path):
+    csv = tmp_path / "lb.csv"
+    # Two CPUs per job on a 2-CPU Ray: one job at a time, so the kill lands between them.
+    args = ("--algos", "bc", "--splits", "expert", "--seeds", "1-2", "--cpus-per-job", "2", "--publish", "--csv", str(csv))
+    runs = [run_dir(home, "bc", "expert", s) for s in (1, 2)]
+    driver = subprocess.Popen(sweep_command(*args), env=sweep_env(home), stdout=subprocess.DEVNULL,
+                              stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        deadline = time.time() + 600
+        while not any((r / "result.json").exists() for r in runs):
+            assert driver.poll() is None, "the sweep ended before any job finished"
+            assert time.time() < deadline, "no job finished in time"
+            time.sleep(0.2)
+        os.kill(driver.pid, signal.SIGKILL)  # the driver only: its Ray ends the jobs it ran
+        driver.wait(timeout=30)
+        time.sleep(2)
+    finally:
+        end_group(driver)  # Ray's helper processes of a killed driver linger in its group
+    finished = [r for r in runs if (r / "result.json").exists()]
+    assert len(finished) == 1
+    kept = {r: (r / "result.json").read_bytes() for r in finished}
+    rest = [r for r in runs if r not in finished]
+
+    again = run_sweep(home, *args)
+    assert again.returncode == 0, again.stderr
+    assert "1 finished (skipped), 1 to train" in again.stderr
+    assert {r: (r / "result.json").read_bytes() for r in finished} == kept  # not retrained
+    assert (rest[0] / "result.json").is_file()
+    assert sorted(r["seed"] for r in csv_store.read_rows(csv)) == [1, 2]  # each published once
+    trained_twice = [r for r in finished if (r / "sweep.log").read_text().count("normalized score") > 1]
+    assert not trained_twice
