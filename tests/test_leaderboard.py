@@ -475,7 +475,6 @@ def test_stale_temp_files_are_removed_but_not_a_live_publishers(tmp_path):
     assert not list(tmp_path.glob(".lb.csv.*.tmp"))
 
 
-@pytest.mark.xfail(reason="needs attribute checksums (H5)", strict=False)
 def test_publish_refuses_edited_reference_returns(tmp_path):
     """An attribute every normalized score depends on, edited after collection (and before
     training, so the run records the edited value): only the store's checksums can tell."""
