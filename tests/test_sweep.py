@@ -77,6 +77,23 @@ def test_missing_dataset_without_collect_is_an_error(tmp_path, monkeypatch):
         plan(Grid.parse("bc", ENV, "expert", "0", "smoke"))
 
 
+def test_plan_skips_finished_runs_but_not_ones_trained_with_other_settings(tmp_path, monkeypatch):
+    monkeypatch.setenv("LOMPO_BENCH_HOME", str(tmp_path))
+    for seed, batch in ((0, 64), (1, 32)):
+        rd = run_dir(tmp_path, "bc", "expert", seed)
+        rd.mkdir(parents=True)
+        (rd / "config.json").write_text(json.dumps({"config": {"batch_size": batch}}))
+        (rd / "result.json").write_text("{}")
+    made = plan(Grid.parse("bc,cql", ENV, "expert", "0-2", "smoke", ["batch_size=64"]), collect=True)
+    assert made.finished == [run_dir(tmp_path, "bc", "expert", 0)]  # trained with batch_size=64: done
+    assert [j.key for j in made.jobs if j.kind == "collect"] == [f"collect {ENV} (expert)"]
+    conflict = next(j for j in made.jobs if j.key == "bc dclaw-screw/expert seed 1")
+    assert conflict.state == "failed" and "batch_size=32, not 64" in conflict.message and "--runs-dir" in conflict.message
+    queued = [j.key for j in made.jobs if j.kind == "train" and j.state == "queued"]
+    assert queued == ["bc dclaw-screw/expert seed 2"] + [f"cql dclaw-screw/expert seed {s}" for s in range(3)]
+    assert all(j.needs == f"collect {ENV} (expert)" for j in made.jobs if j.kind == "train")
+
+
 def test_sweep_collects_trains_publishes_and_skips_finished(home, tmp_path):
     csv = tmp_path / "lb.csv"
     args = ("--algos", "bc", "--splits", "expert,random", "--seeds", "0", "--collect", "--publish", "--csv", str(csv))
