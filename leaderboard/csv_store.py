@@ -22,8 +22,10 @@ Writes are atomic: the existing file's bytes and the new rows go to a temporary 
 same directory, which is flushed, fsynced and renamed over the CSV (then the directory is
 fsynced). A publish killed at any point leaves the CSV either as it was or with all the new
 rows, never half a row. Concurrent publishes are serialized by an ``flock`` on the directory
-(across processes of one machine; across machines only where the shared filesystem implements
-flock coherently, e.g. NFSv4 or CephFS). The rewritten CSV keeps its mode and owner, and the
+(across processes of one machine; across machines only where the shared filesystem makes
+flock coherent between its clients, as CephFS does; Linux NFS emulates flock with byte-range
+locks, which a directory opened read-only may refuse: the publish then stops with a one-line
+error rather than write unlocked). The rewritten CSV keeps its mode and owner, and the
 temporary file a killed publish leaves is removed by the next publish or `leaderboard` command.
 """
 
@@ -329,7 +331,7 @@ def _locked(directory: Path):
             fcntl.flock(fd, fcntl.LOCK_EX)
         except OSError as exc:  # e.g. a network filesystem without flock support
             raise UserError(f"cannot lock {directory} for publishing ({exc.strerror}); accepted: a "
-                            "directory on a filesystem with flock (local disks, NFSv4, CephFS)") from None
+                            "directory on a filesystem with flock (a local disk; shared: e.g. CephFS)") from None
         yield
     finally:
         fcntl.flock(fd, fcntl.LOCK_UN)
