@@ -68,6 +68,20 @@ def make(
     return ImageEnv(task, spec, size, render=render, seed=seed, render_mode=render_mode, fast_scene=fast_scene)
 
 
+def _register_with_gymnasium() -> None:
+    """``gymnasium.make("lompo_bench/walker-v0", image_size=64)`` builds the same env as :func:`make`
+    (Minari's ``recover_environment()`` and other gymnasium tools find the envs this way)."""
+    import gymnasium
+
+    for env_name in ENV_NAMES:
+        env_id = f"lompo_bench/{env_name}-v0"
+        if env_id not in gymnasium.registry:
+            gymnasium.register(env_id, entry_point="lompo_bench.envs:make", kwargs={"name": env_name},
+                               disable_env_checker=True)
+
+
+_register_with_gymnasium()
+
 _renderers: dict[tuple[str, int], ImageEnv] = {}
 
 

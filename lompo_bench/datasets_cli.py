@@ -19,7 +19,7 @@ from .errors import UserError
 
 @click.group()
 def datasets():
-    """Dataset stores: list | info PATH | verify PATH | migrate PATH | rerender PATH | export PATH.
+    """Dataset stores: list | info PATH | verify PATH | migrate PATH | rerender PATH | export PATH | import SRC.
 
     PATH is a store folder or a URL (http(s)://, s3://, gs://, file://)."""
 
@@ -178,6 +178,7 @@ def rerender(path, image_size, out, overwrite):
 
 
 # Exchange with other tools (export to / import from D4RL, Minari, V-D4RL, d3rlpy) lives in its own module.
-from .interop_cli import export  # noqa: E402
+from .interop_cli import export, import_  # noqa: E402
 
 datasets.add_command(export)
+datasets.add_command(import_, "import")
