@@ -45,6 +45,7 @@ COLLECT_SEED = 0  # `lompo-bench collect`'s default: the one SAC run each env's 
 RUN_LOG = "sweep.log"
 COLLECT_LOG = "sweep-collect.log"
 LOCAL_RAY_ATTEMPTS = 3
+WORKER_LOSS_RETRIES = 1
 
 
 # --------------------------------------------------------------------------------------------
@@ -469,10 +470,13 @@ class Sweep:
         if not todo:
             return list(self.jobs.values())
         ray = self.start_ray()
+        pending: dict = {}  # Ray's reference of each submitted job -> the job
         try:
             status = ray.remote(num_cpus=0)(StartedJobs).remote()
-            remote = ray.remote(num_cpus=self.cpus_per_job, num_gpus=self.gpus_per_job, max_retries=0)(run_job)
-            pending: dict = {}
+            # A job whose worker dies (killed, a lost node) runs once more: it resumes where it
+            # stopped. A job that fails by itself returns its failure and is not retried.
+            remote = ray.remote(num_cpus=self.cpus_per_job, num_gpus=self.gpus_per_job,
+                                max_retries=WORKER_LOSS_RETRIES)(run_job)
 
             def submit(job: Job) -> None:
                 pending[remote.remote(job.spec(self.plan.grid, self.publish_csv), status)] = job
@@ -507,6 +511,7 @@ class Sweep:
                                     if job.state == "done":
                                         submit(other)
                                     else:
+                                        other.log_path = job.log_path  # the collection's log says why
                                         self.finish(other, "failed", f"its dataset was not made ({job.key} failed)")
                     live.update(self.summary())
             if not self.console.is_terminal:

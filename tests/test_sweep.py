@@ -55,9 +55,16 @@ def run_dir(home: Path, algo: str, split: str, seed: int) -> Path:
 
 
 @pytest.fixture(scope="module")
-def home(lompo_home, smoke_dataset) -> Path:
-    smoke_dataset(ENV, "expert")  # the SAC run of seed 0 and its expert split
-    return lompo_home
+def home(tmp_path_factory) -> Path:
+    """A home of the sweeps' own (the session's may hold a dclaw random split made without its
+    SAC run, as other tests make it), with the SAC run of seed 0 and its expert split."""
+    from lompo_bench.collectors.collect import collect_sac_split
+
+    home = tmp_path_factory.mktemp("sweep-home")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("LOMPO_BENCH_HOME", str(home))
+        collect_sac_split(ENV, "expert", profile="smoke", seed=0, progress=False)
+    return home
 
 
 def test_grid_parsing_and_bad_input():
