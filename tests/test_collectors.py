@@ -256,3 +256,22 @@ def test_a_run_being_trained_is_not_trained_twice(tmp_path, monkeypatch):
     finally:
         holder.kill()
         holder.wait()
+
+
+def test_cpu_budgets_and_training_rewards_are_the_documented_ones():
+    """collectors/config.py documents each env's measured cpu SAC budget and what SAC learns from."""
+    from lompo_bench.collectors import config
+
+    for env in config.ENV_NAMES:
+        steps = config.budget(env, "cpu").sac_steps
+        assert steps == config.CPU_SAC_STEPS[env]
+        assert f"``{env}``, {steps // 1000}k steps" in config.__doc__
+        # One real env step: SAC's training reward is the env's reward, except Door's dense shaped one.
+        env_obj = sac.make_env(env, config.budget(env, "smoke"), seed=0)
+        env_obj.reset(seed=0)
+        _, reward, _, _, info = env_obj.step(env_obj.action_space.sample())
+        env_obj.close()
+        if env == "sawyer-door":
+            assert reward in (0.0, 1.0) and sac.train_reward(reward, info) == info["shaped_reward"] != reward
+        else:
+            assert sac.train_reward(reward, info) == reward
