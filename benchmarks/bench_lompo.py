@@ -74,13 +74,10 @@ def bench_profile(profile: str, dataset, device: str, model_steps: int, agent_st
     full = LOMPO.config_for(profile, spec)
     c = full
     rows = c.model_batch * c.model_length
-    starts = min(c.rollout_starts or rows, rows)
     # A short run with the profile's sizes: the measured model steps (+1 warm-up), one batch
     # of each fill, then the measured agent steps (covering a buffer refresh).
     config = dataclasses.replace(full, model_steps=model_steps + 1, agent_steps=agent_steps + 1,
-                                 real_init_transitions=1, latent_init_transitions=1,
-                                 real_buffer_size=max(full.real_buffer_size, 2 * rows),
-                                 latent_buffer_size=max(full.latent_buffer_size, 2 * starts * c.horizon))
+                                 real_fill_steps=1, latent_init_transitions=1)
     agent = LOMPO(config, spec, device=device, seed=0)
     step, waits, model_times = 0, [], []
     agent.train_step(dataset, step)  # warm-up (allocations, first chunk reads)

@@ -169,9 +169,10 @@ else:
     out = rollout(start)
 assert torch.isfinite(out["reward"]).all(), "non-finite latent rewards"
 
-model_n, real_batches, latent_batches, agent_n = phase_lengths(c)
-# Algorithm 1's buffer refreshes every epoch_length agent steps (field names as LOMPOConfig has them).
-per_refresh = sum(getattr(c, name, 0) for name in ("epoch_real_batches", "epoch_latent_batches"))
+model_n, real_batches, latent_batches, agent_n = phase_lengths(c)  # real_batches: the whole-dataset fill steps
+# Algorithm 1's buffer refresh every epoch_length agent steps: one window batch rolled out (an episode
+# re-filtered costs about as much; counted as one more batch).
+per_refresh = 1 + min(1, c.epoch_real_episodes)
 refreshes = (c.agent_steps // c.epoch_length) * per_refresh
 projected = model_n * model_s + (real_batches + latent_batches + refreshes) * fill_s + agent_n * agent_s
 result = {"device": device, "gpu": torch.cuda.get_device_name() if device == "cuda" else None, "profile": profile,
