@@ -20,6 +20,7 @@ from lompo_bench.interop_cli import export as export_cmd
 from lompo_bench.interop_cli import import_ as import_cmd
 from lompo_bench.store import Dataset, DatasetWriter, verify
 from lompo_bench.store.exporters import d3rlpy_episode
+from cli_checks import assert_one_line_error
 
 ROW_KEYS = ("action", "reward", "is_first", "is_last", "is_terminal")
 
@@ -44,12 +45,6 @@ def invoke(command, args):
     return result
 
 
-def assert_one_line_error(result, *fragments):
-    lines = result.output.strip().splitlines()
-    assert result.exit_code == 2, result.output
-    assert len(lines) == 1 and lines[0].startswith("error: "), result.output
-    for fragment in fragments:
-        assert fragment in lines[0], lines[0]
 
 
 def synthetic_store(path, episodes=3, steps=6, size=8, terminal_every=0):

@@ -15,6 +15,7 @@ import torch
 from click.testing import CliRunner
 
 from lompo_bench.cli import cli
+from cli_checks import assert_one_line_error
 
 SMOKE = ["--env", "walker", "--profile", "smoke", "--split", "random", "--no-progress"]
 
@@ -23,13 +24,6 @@ def invoke(*args):
     return CliRunner().invoke(cli, list(args))
 
 
-def assert_one_line_error(result, *fragments):
-    assert result.exit_code == 2, result.output
-    assert "Traceback" not in result.output
-    lines = result.output.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: "), result.output
-    for fragment in fragments:
-        assert fragment in lines[0], lines[0]
 
 
 def assert_nothing_trained(out):

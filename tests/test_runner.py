@@ -16,6 +16,7 @@ import time
 import pytest
 import torch
 from click.testing import CliRunner
+from cli_checks import assert_one_line_error
 from conftest import write_scripted_store
 
 from lompo_bench import envs, registry
@@ -41,13 +42,6 @@ def read_csv(path):
         return list(csv.DictReader(f))
 
 
-def assert_one_line_error(result, *fragments):
-    assert result.exit_code == 2, result.output
-    assert "Traceback" not in result.output
-    lines = result.output.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: "), result.output
-    for fragment in fragments:
-        assert fragment in lines[0], lines[0]
 
 
 # --------------------------------------------------------------------------------------------
