@@ -10,8 +10,9 @@ learning curves (``runs/sac/cpu/<env>/seed0/eval.csv``; figures in ``docs/figure
 
 - ``walker``, 150k steps: evaluation return 588 at 40k (the medium point), 954 at 70k, 969 at
   150k (random 40). Measured twice (sessions 1 and 3), bit-identical datasets.
-- ``dclaw-screw``, 100k steps: return 164 at 15k, 433 at 40k, ~430-490 from 40k to 55k
-  (random about -50; the valve turns counter-clockwise continuously, see the dataset report).
+- ``dclaw-screw``, 100k steps: return 164 at 15k, 433 at 40k (the medium point), 682 at 65k,
+  839 at 100k (random -23); the expert turns the valve counter-clockwise (the rewarded direction)
+  at 0.67 rad/s, 16.8 rad per 8 s episode, random 0.0 (``scripts/dataset-report.py``).
 - ``sawyer-door``, 300k steps: 100k was measured and is NOT enough. Meta-World's shaped return
   rose to 2729 but the deterministic policy first opened the door at 85k-90k (success on 29 and
   49 of 125 steps) and lost it again at 95k-100k, so the final policy scored 0 = random. 300k is
