@@ -15,7 +15,7 @@ import torch
 from click.testing import CliRunner
 
 from lompo_bench.cli import cli
-from cli_checks import assert_one_line_error
+from cli_checks import assert_one_line_error, checkpoint_step, wait_for_checkpoint
 
 SMOKE = ["--env", "walker", "--profile", "smoke", "--split", "random", "--no-progress"]
 
@@ -106,14 +106,11 @@ def test_sigint_exits_130_and_keeps_the_checkpoint(smoke_dataset, tmp_path):
                "--checkpoint-every", "25", "--eval-every", str(steps), "--out", str(out)]
     with open(tmp_path / "log", "w") as log:
         proc = subprocess.Popen(command, env={**os.environ, "OMP_NUM_THREADS": "1"}, stdout=log, stderr=log)
-        deadline = time.monotonic() + 240
-        while not (out / "checkpoint.pt").exists() and proc.poll() is None and time.monotonic() < deadline:
-            time.sleep(0.02)
-        assert (out / "checkpoint.pt").exists(), (tmp_path / "log").read_text()
+        wait_for_checkpoint(proc, out / "checkpoint.pt", log=tmp_path / "log")
         proc.send_signal(signal.SIGINT)
         code = proc.wait(timeout=120)
     message = (tmp_path / "log").read_text().strip().splitlines()[-1]
-    stopped_at = int(torch.load(out / "checkpoint.pt", map_location="cpu", weights_only=False)["step"])
+    stopped_at = checkpoint_step(out / "checkpoint.pt")
     assert code == 130, message
     assert message.startswith(f"error: SIGINT at step {stopped_at}/{steps}: checkpoint saved"), message
     assert 0 < stopped_at < steps and not (out / "result.json").exists()
@@ -173,6 +170,6 @@ def test_ctrl_c_stops_with_exit_130_and_keeps_the_checkpoint(count, message, smo
         run("bc", "walker", "random", profile="smoke", steps=8, checkpoint_every=2, out=out,
             callbacks=[CtrlC(3, count)])
     assert stopped.value.exit_code == 130
-    saved = int(torch.load(out / "checkpoint.pt", map_location="cpu", weights_only=False)["step"])
+    saved = checkpoint_step(out / "checkpoint.pt")
     assert saved == (3 if count == 1 else 2) and not (out / "result.json").exists()
     assert signal.getsignal(signal.SIGINT) is before  # handlers given back

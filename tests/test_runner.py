@@ -16,7 +16,7 @@ import time
 import pytest
 import torch
 from click.testing import CliRunner
-from cli_checks import assert_one_line_error
+from cli_checks import assert_one_line_error, checkpoint_step, wait_for_checkpoint
 from conftest import write_scripted_store
 
 from lompo_bench import envs, registry
@@ -256,17 +256,6 @@ def test_steps_scale_the_phases_proportionally():
 def run_command(out, steps):
     return [sys.executable, "-m", "lompo_bench.cli", "run", "bc", *SMOKE, "--steps", str(steps),
             "--checkpoint-every", "25", "--out", str(out)]
-
-
-def wait_for_checkpoint(proc, path, timeout=240.0):
-    deadline = time.monotonic() + timeout
-    while not path.exists() and proc.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.02)
-    assert path.exists(), "no checkpoint appeared"
-
-
-def checkpoint_step(path) -> int:
-    return int(torch.load(path, map_location="cpu", weights_only=False)["step"])
 
 
 def test_sigkilled_run_resumes_from_its_checkpoint(smoke_dataset, tmp_path, capsys):
