@@ -32,12 +32,35 @@ def sweep_env(home: Path) -> dict:
     return dict(os.environ, LOMPO_BENCH_HOME=str(home), OMP_NUM_THREADS="1", RAY_AUTH_MODE="disabled")
 
 
-def end_group(proc: subprocess.Popen) -> None:
-    """SIGKILL what is left of a sweep's process group: the Ray processes a driver started."""
-    try:
-        os.killpg(proc.pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
+def session_members(sid: int) -> list[int]:
+    """The processes of session ``sid``: a sweep's driver, its local Ray and Ray's workers. The workers
+    lead process groups of their own, so a process-group kill misses them (and one went on to finish
+    its job after the group was killed)."""
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue  # gone meanwhile
+            if int(fields[3]) == sid and fields[0] != "Z":
+                pids.append(int(entry.name))
+    return pids
+
+
+def end_sweep(proc: subprocess.Popen, timeout: float = 60) -> None:
+    """SIGKILL the whole sweep (its session: started with start_new_session) and wait until it is gone."""
+    deadline = time.time() + timeout
+    while members := session_members(proc.pid):
+        assert time.time() < deadline, f"processes of the killed sweep still alive: {members}"
+        for pid in members:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        if proc.poll() is None:
+            time.sleep(0.05)
+        time.sleep(0.1)
 
 
 def run_sweep(home: Path, *args: str, timeout: float = 600) -> subprocess.CompletedProcess:
@@ -46,7 +69,7 @@ def run_sweep(home: Path, *args: str, timeout: float = 600) -> subprocess.Comple
     try:
         out, err = proc.communicate(timeout=timeout)
     finally:
-        end_group(proc)
+        end_sweep(proc)
     return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
 
 
@@ -130,8 +153,11 @@ def test_sweep_collects_trains_publishes_and_skips_finished(home, tmp_path):
 
 def test_killed_sweep_rerun_trains_only_the_rest(home, tmp_path):
     csv = tmp_path / "lb.csv"
-    # Two CPUs per job on a 2-CPU Ray: one job at a time, so the kill lands between them.
-    args = ("--algos", "bc", "--splits", "expert", "--seeds", "1-2", "--cpus-per-job", "2", "--publish", "--csv", str(csv))
+    # Two CPUs per job on a 2-CPU Ray: one job at a time, so the kill lands between them. Each job trains
+    # long enough (seconds, where a warm smoke BC job takes 1 s) that the second cannot finish between the
+    # first's result appearing and the kill.
+    args = ("--algos", "bc", "--splits", "expert", "--seeds", "1-2", "--cpus-per-job", "2", "--set", "steps=1000",
+            "--publish", "--csv", str(csv))
     runs = [run_dir(home, "bc", "expert", s) for s in (1, 2)]
     driver = subprocess.Popen(sweep_command(*args), env=sweep_env(home), stdout=subprocess.DEVNULL,
                               stderr=subprocess.DEVNULL, start_new_session=True)
@@ -143,10 +169,10 @@ def test_killed_sweep_rerun_trains_only_the_rest(home, tmp_path):
             time.sleep(0.2)
         # The whole sweep at once (driver, its local Ray and the running job): a driver-only kill leaves
         # Ray seconds to finish the next job before it notices, and on an idle machine it did.
-        end_group(driver)
+        end_sweep(driver)
         driver.wait(timeout=30)
     finally:
-        end_group(driver)  # Ray's helper processes of a killed driver linger in its group
+        end_sweep(driver)
     finished = [r for r in runs if (r / "result.json").exists()]
     assert len(finished) == 1
     kept = {r: (r / "result.json").read_bytes() for r in finished}
