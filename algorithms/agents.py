@@ -37,7 +37,7 @@ from typing import Callable, Iterable, Optional
 import torch
 from torch import nn
 
-from .networks import TanhGaussianActor, TwinQ, mlp, soft_update
+from .networks import TanhGaussianActor, TwinQ, adam, mlp, soft_update
 from .precision import Fp32Linear
 
 
@@ -111,7 +111,7 @@ class TwinCriticAgent(nn.Module):
         self.critic = TwinQ(feature_dim, action_dim, config.critic_hidden, config.critic_layers, config.act)
         self.critic_target = copy.deepcopy(self.critic).requires_grad_(False)
         self._critic_extra = list(critic_extra_params)
-        self.critic_optim = torch.optim.Adam(self._critic_params(), lr=config.critic_lr)
+        self.critic_optim = adam(self._critic_params(), lr=config.critic_lr)
 
     def _critic_params(self) -> list:
         return list(self.critic.parameters()) + self._critic_extra
@@ -164,8 +164,8 @@ class SAC(TwinCriticAgent):
         self._init_critic(feature_dim, action_dim, critic_extra_params)
         self.log_alpha = nn.Parameter(torch.tensor(math.log(config.init_alpha)))
         self.target_entropy = float(config.target_entropy if config.target_entropy is not None else -action_dim)
-        self.actor_optim = torch.optim.Adam(self.actor.parameters(), lr=config.actor_lr)
-        self.alpha_optim = torch.optim.Adam([self.log_alpha], lr=config.alpha_lr)
+        self.actor_optim = adam(self.actor.parameters(), lr=config.actor_lr)
+        self.alpha_optim = adam([self.log_alpha], lr=config.alpha_lr)
 
     def _optimizers(self) -> dict[str, torch.optim.Optimizer]:
         return {"actor": self.actor_optim, "critic": self.critic_optim, "alpha": self.alpha_optim}
@@ -254,7 +254,7 @@ class DeterministicActorCritic(TwinCriticAgent):
         self.actor = DeterministicActor(actor_in_dim or feature_dim, action_dim, config.actor_hidden,
                                         config.actor_layers, config.act)
         self._init_critic(feature_dim, action_dim, critic_extra_params)
-        self.actor_optim = torch.optim.Adam(self.actor.parameters(), lr=config.actor_lr)
+        self.actor_optim = adam(self.actor.parameters(), lr=config.actor_lr)
 
     def _optimizers(self) -> dict[str, torch.optim.Optimizer]:
         return {"actor": self.actor_optim, "critic": self.critic_optim}

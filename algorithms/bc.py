@@ -35,7 +35,7 @@ from lompo_bench.registry import register
 from .augment import random_shift
 from .base import Algorithm, DataSpec, Policy
 from .encoders import ObservationEncoder
-from .networks import TanhGaussianActor
+from .networks import TanhGaussianActor, adam
 from .precision import DEFAULT_PRECISION, acting_precision, autocast, check_precision
 
 
@@ -111,7 +111,7 @@ class BC(Algorithm):
             self.actor = TanhGaussianActor(self.encoder.out_dim, spec.action_dim, config.actor_hidden,
                                            config.actor_layers).to(device)
         self.params = list(self.encoder.parameters()) + list(self.actor.parameters())
-        self.optim = torch.optim.Adam(self.params, lr=config.lr, weight_decay=config.weight_decay)
+        self.optim = adam(self.params, lr=config.lr, weight_decay=config.weight_decay)
         self.augment_gen = torch.Generator(device="cpu").manual_seed(seed)
         self._gradient_steps = 0
         self._prefetcher: ThreadPoolExecutor | None = None

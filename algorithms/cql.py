@@ -47,7 +47,7 @@ from .base import Algorithm, DataSpec, Policy
 from .bc import to_tensors
 from .agents import SAC, SACBatch, SACConfig
 from .encoders import ObservationEncoder
-from .networks import TwinQ, soft_update
+from .networks import TwinQ, adam, soft_update
 from .precision import DEFAULT_PRECISION, acting_precision, autocast, check_precision
 
 
@@ -155,7 +155,7 @@ class CQL(Algorithm):
                        critic_extra_params=self.encoder.parameters()).to(device)
         # Lagrange multiplier alpha' = exp(log_alpha_prime), used only with cql_auto_alpha.
         self.log_alpha_prime = nn.Parameter(torch.zeros((), device=device))
-        self.alpha_prime_optim = torch.optim.Adam([self.log_alpha_prime], lr=config.cql_alpha_lr)
+        self.alpha_prime_optim = adam([self.log_alpha_prime], lr=config.cql_alpha_lr)
         self.rng = np.random.default_rng(seed)  # which transitions each batch samples
         self.augment_gen = torch.Generator(device="cpu").manual_seed(seed)
         self._gradient_steps = 0

@@ -74,7 +74,7 @@ from . import precision
 from .agents import AGENTS, SACBatch
 from .base import Algorithm, DataSpec, Policy
 from .latent_model import PENALTIES, LatentModel, LatentState
-from .networks import ACTIVATIONS
+from .networks import ACTIVATIONS, adam
 
 LATENT_REWARDS = ("chosen_head", "mean_of_heads")
 EVAL_POSTERIORS = ("sample", "mean")
@@ -330,7 +330,7 @@ class LOMPO(Algorithm):
         self.model = LatentModel(spec.image_shape, spec.proprio_dim, spec.action_dim, depth=c.depth, deter=c.deter,
                                  stoch=c.stoch, hidden=c.hidden, heads=c.heads, reward_hidden=c.reward_hidden,
                                  free_nats=c.free_nats, kl_balance=balance, kl_scale=kl_scale).to(device)
-        self.model_optim = torch.optim.Adam(self.model.parameters(), lr=c.model_lr, eps=c.model_eps)
+        self.model_optim = adam(self.model.parameters(), lr=c.model_lr, eps=c.model_eps)
         agent_cls, agent_config_cls = AGENTS[c.agent]
         agent_config = dataclasses.replace(agent_config_cls.from_config(c), act=c.agent_act)
         self.agent = agent_cls(self.model.feature_dim, spec.action_dim, agent_config).to(device)

@@ -66,7 +66,7 @@ from .base import Algorithm, DataSpec, Policy
 from .bc import to_tensors
 from .agents import SAC, SACBatch, SACConfig
 from .encoders import ConvDecoder, ObservationEncoder, image_log_likelihood
-from .networks import mlp
+from .networks import adam, mlp
 from .precision import DEFAULT_PRECISION, acting_precision, autocast, check_precision
 
 
@@ -262,7 +262,7 @@ class SLAC(Algorithm):
     def __init__(self, config: SLACConfig, spec: DataSpec, device: str = "cpu", seed: int = 0):
         super().__init__(config, spec, device, seed)
         self.model = SLACModel(spec, config).to(device)
-        self.model_optim = torch.optim.Adam(self.model.parameters(), lr=config.model_lr)
+        self.model_optim = adam(self.model.parameters(), lr=config.model_lr)
         tau, feature_dim = config.sequence_length, self.model.encoder.out_dim
         self.sac = SAC(config.z1_dim + config.z2_dim, spec.action_dim, config.sac_config(),
                        actor_in_dim=tau * feature_dim + (tau - 1) * spec.action_dim).to(device)

@@ -3,15 +3,18 @@
 Reference: fp32 everywhere, the decoder run as Dreamer's layers are constructed
 (`ConvDecoder.reference_forward`: the projection to a 1x1 map, every transposed convolution
 as a layer, NCHW maps) and the image likelihood as the plain expression on frames
-preprocessed twice (encoder input, decoder target), as before the fast path. Fast path (the default, `precision="bf16"`): bf16 autocast for the
+preprocessed twice (encoder input, decoder target), and torch's default (foreach) Adam, as
+before the fast path. Fast path (the default, `precision="bf16"`): bf16 autocast for the
 bodies with fp32 output layers and losses, the decoder's first transposed convolution as the
-matrix product it is on a 1x1 map, channels-last maps, frames preprocessed once and a fused
-image likelihood (algorithms/precision.py, encoders.py).
+matrix product it is on a 1x1 map, channels-last maps, frames preprocessed once, a fused
+image likelihood and fused Adam (algorithms/precision.py, encoders.py, networks.adam).
 
 Timed, at the `cpu` profile's sizes and walker's 64 px frames, on random inputs (speed does
 not depend on the pixels):
   - the LOMPO latent-model step (16 x 32 windows, depth 16): loss, backward, clip, Adam;
-  - the latent SAC update (`agents.SAC`, 128 real + 128 latent features);
+  - the latent agent updates, 128 real + 128 latent features: SAC (`agents.SAC`) and the
+    authors' deterministic actor with twin critics (`agents.DeterministicActorCritic`, LOMPO's
+    default agent);
   - the CQL and BC pixel updates (`CQL.update`, `BC.update`, the cpu profile's batch 64);
   - the model step's FLOPs (torch.utils.flop_counter, forward + backward) and the GFLOP/s the
     fast path achieves, as a fraction of a bf16 (and an fp32) matmul timed in the same run.
@@ -112,14 +115,16 @@ def model_step(kind: str, seed: int = 0):
     return step, model, batch
 
 
-def sac_update(kind: str):
+def agent_update(kind: str, agent: str = "sac"):
+    """One update of a latent agent (`agents.AGENTS[agent]`) at LOMPO's cpu-profile sizes."""
     from lompo_bench.algorithms import precision
-    from lompo_bench.algorithms.agents import SAC, SACBatch, SACConfig
+    from lompo_bench.algorithms.agents import AGENTS, SACBatch
 
     c = lompo_cpu_config()
     torch.manual_seed(0)
     feature_dim, n = c.stoch + c.deter, 2 * c.agent_batch
-    sac = SAC(feature_dim, ACTION_DIM, SACConfig.from_config(c))
+    cls, config_cls = AGENTS[agent]
+    learner = cls(feature_dim, ACTION_DIM, config_cls.from_config(c))
     g = torch.Generator().manual_seed(0)
     batch = SACBatch(obs=torch.randn(n, feature_dim, generator=g), action=torch.rand(n, ACTION_DIM, generator=g) * 2 - 1,
                      reward=torch.rand(n, generator=g), next_obs=torch.randn(n, feature_dim, generator=g),
@@ -127,7 +132,7 @@ def sac_update(kind: str):
 
     def step():
         with precision.autocast(PRECISIONS[kind]):
-            sac.update(batch)
+            learner.update(batch)
 
     return step
 
@@ -159,6 +164,16 @@ def bc_update(kind: str):
     return lambda: bc.update(obs, action)
 
 
+def build_contender(build, kind: str):
+    """`build(kind)`, with torch's default (unfused) Adam on the reference side."""
+    from unittest import mock
+
+    from lompo_bench.algorithms import networks
+
+    with mock.patch.object(networks, "FUSED_ADAM", kind != "reference"):
+        return build(kind)
+
+
 def matmul_rate(dtype: torch.dtype, n: int = 1024, reps: int = 8) -> float:
     """GFLOP/s of an n x n x n matmul in `dtype` (best of `reps`)."""
     a, b = torch.randn(n, n).to(dtype), torch.randn(n, n).to(dtype)
@@ -186,26 +201,30 @@ def main(argv=None) -> int:
     parser.add_argument("--threads", type=int, default=1,
                         help="torch CPU threads (default 1; more only on an idle machine: on shared cores extra "
                              "threads spin-wait and run many times slower)")
-    parser.add_argument("--only", default=None, help="comma-separated subset: model,sac,cql,bc")
+    parser.add_argument("--only", default=None, help="comma-separated subset: model,sac,deterministic,cql,bc")
     parser.add_argument("--out", default=str(ROOT / "bench-output" / "bench_fastpath.json"))
     args = parser.parse_args(argv)
     torch.set_num_threads(max(1, args.threads))
     rounds = args.rounds or (3 if args.quick else 5)
     # Iterations per round and contender: ~1 s of work each at the cpu sizes.
-    iters = {"model step": 1, "latent SAC update": 10 if args.quick else 20, "CQL update": 2 if args.quick else 4,
-             "BC update": 4 if args.quick else 8}
-    builders = {"model step": lambda kind: model_step(kind)[0], "latent SAC update": sac_update,
+    agent_iters = 10 if args.quick else 20
+    iters = {"model step": 1, "latent SAC update": agent_iters, "deterministic agent update": agent_iters,
+             "CQL update": 2 if args.quick else 4, "BC update": 4 if args.quick else 8}
+    builders = {"model step": lambda kind: model_step(kind)[0], "latent SAC update": agent_update,
+                "deterministic agent update": lambda kind: agent_update(kind, "deterministic"),
                 "CQL update": cql_update, "BC update": bc_update}
     if args.only:
-        keep = {"model": "model step", "sac": "latent SAC update", "cql": "CQL update", "bc": "BC update"}
+        keep = {"model": "model step", "sac": "latent SAC update", "deterministic": "deterministic agent update",
+                "cql": "CQL update", "bc": "BC update"}
         builders = {keep[k]: builders[keep[k]] for k in args.only.split(",")}
     c = lompo_cpu_config()
     sizes = {"model step": f"{c.model_batch}x{c.model_length} windows, depth {c.depth}, deter {c.deter}",
              "latent SAC update": f"{c.agent_batch} real + {c.agent_batch} latent",
+             "deterministic agent update": f"{c.agent_batch} real + {c.agent_batch} latent",
              "CQL update": "batch 64, depth 32", "BC update": "batch 64, depth 32"}
 
     print(f"building contenders ({torch.get_num_threads()} thread(s)) ...", file=sys.stderr)
-    contenders = {(name, kind): build(kind) for name, build in builders.items() for kind in PRECISIONS}
+    contenders = {(name, kind): build_contender(build, kind) for name, build in builders.items() for kind in PRECISIONS}
     for update in contenders.values():  # warm-up: allocations, oneDNN primitive creation
         update()
         update()
@@ -219,19 +238,11 @@ def main(argv=None) -> int:
         print(f"  round {r + 1}/{rounds}: " + ", ".join(f"{n} {k} {1e3 * t[-1]:.0f} ms" for (n, k), t in times.items()),
               file=sys.stderr, flush=True)
 
-    flops = count_flops(model_step("fast")[0])
-    bf16_rate, fp32_rate = matmul_rate(torch.bfloat16), matmul_rate(torch.float32)
-
     rows = []
     for name in builders:
         ref, fast = (statistics.median(times[(name, k)]) for k in PRECISIONS)
         rows.append({"what": name, "sizes": sizes[name], "reference_s": ref, "fast_s": fast, "speedup": ref / fast,
                      "reference_rounds_s": times[(name, "reference")], "fast_rounds_s": times[(name, "fast")]})
-    model = next((r for r in rows if r["what"] == "model step"), rows[0])
-    gflops = {"model_step_gflop": flops / 1e9, "reference_gflop_per_s": flops / 1e9 / model["reference_s"],
-              "fast_gflop_per_s": flops / 1e9 / model["fast_s"], "bf16_matmul_gflop_per_s": bf16_rate,
-              "fp32_matmul_gflop_per_s": fp32_rate}
-
     print(f"\nFast path vs reference on CPU ({torch.get_num_threads()} thread(s)), cpu-profile sizes, walker 64 px; "
           f"median of {rounds} interleaved rounds")
     print("| update | sizes | reference (fp32) | fast path (bf16) | speedup |")
@@ -239,10 +250,18 @@ def main(argv=None) -> int:
     for r in rows:
         print(f"| {r['what']} | {r['sizes']} | {1e3 * r['reference_s']:.1f} ms | {1e3 * r['fast_s']:.1f} ms "
               f"| {r['speedup']:.2f}x |")
-    print(f"\nmodel step: {gflops['model_step_gflop']:.1f} GFLOP (forward + backward); reference "
-          f"{gflops['reference_gflop_per_s']:.0f} GFLOP/s, fast path {gflops['fast_gflop_per_s']:.0f} GFLOP/s = "
-          f"{gflops['fast_gflop_per_s'] / bf16_rate:.2f} of a bf16 matmul ({bf16_rate:.0f} GFLOP/s; fp32 matmul "
-          f"{fp32_rate:.0f} GFLOP/s)")
+    gflops = {}
+    model = next((r for r in rows if r["what"] == "model step"), None)
+    if model is not None:  # the achieved rate against a matmul timed now, on the same machine state
+        flops = count_flops(model_step("fast")[0])
+        bf16_rate, fp32_rate = matmul_rate(torch.bfloat16), matmul_rate(torch.float32)
+        gflops = {"model_step_gflop": flops / 1e9, "reference_gflop_per_s": flops / 1e9 / model["reference_s"],
+                  "fast_gflop_per_s": flops / 1e9 / model["fast_s"], "bf16_matmul_gflop_per_s": bf16_rate,
+                  "fp32_matmul_gflop_per_s": fp32_rate}
+        print(f"\nmodel step: {gflops['model_step_gflop']:.1f} GFLOP (forward + backward); reference "
+              f"{gflops['reference_gflop_per_s']:.0f} GFLOP/s, fast path {gflops['fast_gflop_per_s']:.0f} GFLOP/s = "
+              f"{gflops['fast_gflop_per_s'] / bf16_rate:.2f} of a bf16 matmul ({bf16_rate:.0f} GFLOP/s; fp32 matmul "
+              f"{fp32_rate:.0f} GFLOP/s)")
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({"threads": torch.get_num_threads(), "rounds": rounds, "rows": rows, **gflops},

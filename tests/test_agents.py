@@ -134,3 +134,24 @@ def test_agents_share_the_twin_critic_and_round_trip_their_state(name):
 def test_sac_config_keeps_its_own_defaults():
     assert SACConfig().act == "relu" and DeterministicConfig().act == "elu"
     assert isinstance(SAC(4, 1, SACConfig(actor_layers=1, critic_layers=1)), TwinCriticAgent)
+
+
+def test_fused_adam_takes_the_same_steps_as_torch_default_adam():
+    from lompo_bench.algorithms.networks import adam, mlp
+
+    torch.manual_seed(0)
+    nets = [mlp(8, 3, 16, 2, "elu") for _ in range(2)]
+    nets[1].load_state_dict(nets[0].state_dict())
+    start = [p.detach().clone() for p in nets[0].parameters()]
+    fused = adam(nets[0].parameters(), lr=1e-2, eps=1e-4, weight_decay=1e-3)
+    plain = torch.optim.Adam(nets[1].parameters(), lr=1e-2, eps=1e-4, weight_decay=1e-3)
+    assert fused.defaults["fused"] and not plain.defaults["fused"]
+    x = torch.randn(32, 8)
+    for _ in range(20):
+        for net, optim in zip(nets, (fused, plain)):
+            optim.zero_grad()
+            net(x).pow(2).mean().backward()
+            optim.step()
+    for a, b in zip(nets[0].parameters(), nets[1].parameters()):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+    assert all((p - p0).abs().max() > 1e-3 for p, p0 in zip(nets[0].parameters(), start))  # it did train
