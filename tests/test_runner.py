@@ -351,7 +351,7 @@ def test_a_resumed_run_has_strictly_increasing_tensorboard_steps(smoke_dataset, 
 HOLD_LOCK = """
 import sys, time
 from pathlib import Path
-from lompo_bench.runner import RunLock
+from lompo_bench.run_lock import RunLock
 RunLock(Path(sys.argv[1])).acquire()
 print("held", flush=True)
 time.sleep(600)
@@ -382,7 +382,7 @@ def test_a_run_dir_is_trained_by_one_process_at_a_time(smoke_dataset, tmp_path):
 
 
 def test_a_lock_of_another_machine_holds_while_its_heartbeat_is_fresh(tmp_path):
-    from lompo_bench.runner import LOCK_STALE_S, RunLock, RunLocked
+    from lompo_bench.run_lock import LOCK_STALE_S, RunLock, RunLocked
 
     lock_file = tmp_path / ".lock"
     lock_file.write_text(json.dumps({"host": "other-machine", "boot_id": "x", "pid": os.getpid(),
