@@ -46,6 +46,7 @@ RUN_LOG = "sweep.log"
 COLLECT_LOG = "sweep-collect.log"
 LOCAL_RAY_ATTEMPTS = 3
 WORKER_LOSS_RETRIES = 1
+STATUS_EVERY_S = 300.0  # off a terminal (a log file) the live table becomes a status line this often
 
 
 # --------------------------------------------------------------------------------------------
@@ -429,6 +430,15 @@ class Sweep:
                       "–" if eta is None else format_duration(eta))
         return table
 
+    def status_line(self) -> str:
+        """The summary as one line, for logs (off a terminal rich's live table shows only at the end)."""
+        from .runner import format_duration
+
+        c, eta = self.counts(), self.eta_seconds()
+        return (f"{len(self.plan.finished)} skipped, {c['queued']} queued, {c['running']} running, {c['done']} done, "
+                f"{c['failed']} failed; elapsed {format_duration(time.time() - self.t0)}, "
+                f"ETA {'–' if eta is None else format_duration(eta)}")
+
     # -- running -----------------------------------------------------------------------------
 
     def start_ray(self):
@@ -484,12 +494,17 @@ class Sweep:
             for job in todo:
                 if job.needs is None:
                     submit(job)
+            last_status = time.time()
             with Live(self.summary(), console=self.console, refresh_per_second=2, transient=False) as live:
                 while pending:
                     ready, _ = ray.wait(list(pending), num_returns=1, timeout=1.0)
                     for key, when in ray.get(status.take.remote()):
                         if self.jobs[key].state == "queued":
                             self.jobs[key].state, self.jobs[key].started = "running", when
+                            self.say(key, "started", "cyan")
+                    if not self.console.is_terminal and time.time() - last_status >= STATUS_EVERY_S:
+                        self.say(self.status_line(), "status", "blue")
+                        last_status = time.time()
                     for ref in ready:
                         job = pending.pop(ref)
                         try:

@@ -18,7 +18,7 @@ import pytest
 
 from lompo_bench.errors import UserError
 from lompo_bench.leaderboard import csv_store
-from lompo_bench.sweep import Grid, parse_seeds, plan
+from lompo_bench.sweep import Grid, Sweep, parse_seeds, plan
 
 ENV = "dclaw-screw"
 
@@ -122,6 +122,8 @@ def test_plan_skips_finished_runs_but_not_ones_trained_with_other_settings(tmp_p
     queued = [j.key for j in made.jobs if j.kind == "train" and j.state == "queued"]
     assert queued == ["bc dclaw-screw/expert seed 2"] + [f"cql dclaw-screw/expert seed {s}" for s in range(3)]
     assert all(j.needs == f"collect {ENV} (expert)" for j in made.jobs if j.kind == "train")
+    # What a sweep writing to a log (not a terminal) prints as its periodic status line.
+    assert Sweep(made).status_line() == "1 skipped, 5 queued, 0 running, 0 done, 1 failed; elapsed 0 s, ETA –"
 
 
 def test_sweep_collects_trains_publishes_and_skips_finished(home, tmp_path):
@@ -131,6 +133,7 @@ def test_sweep_collects_trains_publishes_and_skips_finished(home, tmp_path):
     assert done.returncode == 0, done.stderr
     assert "1 datasets to collect" in done.stderr  # random is missing; expert exists
     assert f"done collect {ENV} (random)" in done.stderr
+    assert f"started bc {ENV}/random seed 0" in done.stderr  # each job's start is a line of the log
     for split in ("expert", "random"):
         rd = run_dir(home, "bc", split, 0)
         assert (rd / "result.json").is_file()
