@@ -1,0 +1,54 @@
+"""The reporting scripts on a real finished smoke run: scripts/runs-report.py and
+scripts/penalty-contrast.py, run as users run them (a subprocess on a run directory)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from test_latent_model import write_random_store
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="module")
+def lompo_runs(tmp_path_factory):
+    """Two seeds of a smoke LOMPO run on a random walker store."""
+    from lompo_bench.runner import run
+
+    tmp = tmp_path_factory.mktemp("scripts")
+    store = write_random_store(tmp / "walker.zarr", "walker", episodes=3, steps=30).path
+    return [run("lompo", "walker", data=store, seed=seed, profile="smoke", out=tmp / f"seed{seed}", progress=False)
+            for seed in (0, 1)]
+
+
+def script(name: str, *args) -> str:
+    done = subprocess.run([sys.executable, str(ROOT / "scripts" / name), *map(str, args)], capture_output=True,
+                          text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    return done.stdout
+
+
+def test_runs_report_lists_each_seed_and_the_cell_mean(lompo_runs):
+    results = [json.loads((r / "result.json").read_text()) for r in lompo_runs]
+    out = script("runs-report.py", *lompo_runs)
+    for r in results:
+        assert f"| lompo | walker | random | smoke | {r['seed']} |" in out
+    scores = [r["normalized_score"] for r in results]
+    assert f"| lompo | walker | random | smoke | 2 | {sum(scores) / 2:.1f} +- " in out
+    assert "penalty data / policy / random" in out and "(step " in out  # LOMPO logs the contrast
+
+
+def test_penalty_contrast_reloads_the_model_and_measures_every_penalty(lompo_runs):
+    out = script("penalty-contrast.py", lompo_runs[0], "--batches", "1", "--horizon", "3")
+    assert "3-step rollouts; run's penalty: log_prob" in out
+    rows = [line.split("|")[1:-1] for line in out.splitlines() if line.startswith("| ") and "penalty |" not in line]
+    assert sorted((r[0].strip(), r[1].strip()) for r in rows) == sorted(
+        (kind, step) for kind in ("log_prob", "max_var", "mean") for step in ("1", "3"))
+    for r in rows:
+        values = [float(x) for x in r[2:7]]  # four action sets and the ratio: numbers, penalties >= 0
+        assert all(v >= 0 for v in values[:4]) and values[4] > 0
+        assert 0.0 <= float(r[7]) <= 1.0
