@@ -378,6 +378,18 @@ def load_result(env: str, seed: int, profile: str) -> dict | None:
         raise UserError(f"corrupt run result {path}; delete {path.parent} to retrain") from None
 
 
+def check_trained_to_budget(result: dict, env: str, seed: int, profile: str, budget: CollectBudget) -> dict:
+    """A finished run trained for fewer steps than the profile's budget now asks (the budget was
+    raised after it ran) is not an expert by today's definition: never reused silently."""
+    steps = int(result.get("sac_steps", budget.sac_steps))
+    if steps < budget.sac_steps:
+        folder = run_dir(env, seed, profile)
+        raise UserError(f"the SAC run {folder} was trained for {steps} steps, but the {profile} budget of {env} is "
+                        f"now {budget.sac_steps} (collectors/config.py): delete {folder} and the {env} {profile} "
+                        f"datasets made from it ({paths.datasets_dir() / profile / env}) to retrain with the budget")
+    return result
+
+
 def effective_config(env: str, budget: CollectBudget) -> SACConfig:
     """The env's SAC settings with the profile's warm-up and a buffer no larger than the run."""
     import dataclasses
@@ -501,10 +513,10 @@ def train(env: str, seed: int = 0, profile: str = "paper", *, progress: bool = T
     """
     check_env(env)
     check_seed(seed)
+    budget = get_budget(env, profile)
     done = load_result(env, seed, profile)
     if done is not None:
-        return done
-    budget = get_budget(env, profile)
+        return check_trained_to_budget(done, env, seed, profile, budget)
     cfg = effective_config(env, budget)
     folder = run_dir(env, seed, profile)
     folder.mkdir(parents=True, exist_ok=True)

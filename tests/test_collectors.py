@@ -275,3 +275,19 @@ def test_cpu_budgets_and_training_rewards_are_the_documented_ones():
             assert reward in (0.0, 1.0) and sac.train_reward(reward, info) == info["shaped_reward"] != reward
         else:
             assert sac.train_reward(reward, info) == reward
+
+
+def test_a_finished_run_shorter_than_the_budget_is_not_reused(tmp_path, monkeypatch):
+    """A budget raised after a run finished (Door Open's 100k -> 300k): `collect` refuses the old
+    expert in one line instead of writing datasets from it."""
+    from cli_checks import assert_one_line_error
+
+    monkeypatch.setenv("LOMPO_BENCH_HOME", str(tmp_path))
+    budget = sac.get_budget("walker", "smoke")
+    folder = sac.run_dir("walker", 0, "smoke")
+    folder.mkdir(parents=True)
+    (folder / "result.json").write_text(json.dumps({"env": "walker", "seed": 0, "sac_steps": budget.sac_steps - 100}))
+    result = invoke("collect", "walker", "--split", "expert", "--profile", "smoke")
+    assert_one_line_error(result, f"trained for {budget.sac_steps - 100} steps", f"is now {budget.sac_steps}",
+                          f"delete {folder}")
+    assert not (tmp_path / "datasets" / "smoke" / "walker" / "expert.zarr").exists()
