@@ -326,6 +326,14 @@ def run_job(spec: dict, status=None) -> dict:
     return {"ok": False, "message": failure, "log": str(final if final.exists() else log)}
 
 
+def started_since_last(ray, status) -> list[tuple[str, float]]:
+    """What the jobs reported starting since the last call; nothing where the actor was lost."""
+    try:
+        return ray.get(status.take.remote(), timeout=30)
+    except Exception:  # RayActorError, OutOfMemoryError, GetTimeoutError: jobs run on regardless
+        return []
+
+
 class StartedJobs:
     """A Ray actor the jobs tell when they start, so the summary can say what is running."""
 
@@ -482,7 +490,10 @@ class Sweep:
         ray = self.start_ray()
         pending: dict = {}  # Ray's reference of each submitted job -> the job
         try:
-            status = ray.remote(num_cpus=0)(StartedJobs).remote()
+            # Start times are advisory: the actor restarts if it dies (Ray's memory monitor kills
+            # workers, this one too, when the node runs low, whoever used the memory), and a lost
+            # answer only delays a "started" line.
+            status = ray.remote(num_cpus=0, max_restarts=-1, max_task_retries=-1)(StartedJobs).remote()
             # A job whose worker dies (killed, a lost node) runs once more: it resumes where it
             # stopped. A job that fails by itself returns its failure and is not retried.
             remote = ray.remote(num_cpus=self.cpus_per_job, num_gpus=self.gpus_per_job,
@@ -498,7 +509,7 @@ class Sweep:
             with Live(self.summary(), console=self.console, refresh_per_second=2, transient=False) as live:
                 while pending:
                     ready, _ = ray.wait(list(pending), num_returns=1, timeout=1.0)
-                    for key, when in ray.get(status.take.remote()):
+                    for key, when in started_since_last(ray, status):
                         if self.jobs[key].state == "queued":
                             self.jobs[key].state, self.jobs[key].started = "running", when
                             self.say(key, "started", "cyan")

@@ -189,3 +189,31 @@ def test_killed_sweep_rerun_trains_only_the_rest(home, tmp_path):
     assert sorted(r["seed"] for r in csv_store.read_rows(csv)) == [1, 2]  # each published once
     trained_twice = [r for r in finished if (r / "sweep.log").read_text().count("normalized score") > 1]
     assert not trained_twice
+
+
+def test_sweep_survives_losing_its_status_actor(home):
+    """Ray's memory monitor kills workers when the node runs low (whoever used the memory); it once
+    killed the actor jobs report their start to, and the driver died with a traceback."""
+    args = ("--algos", "bc", "--splits", "expert", "--seeds", "3-4", "--cpus-per-job", "2", "--set", "steps=1000")
+    driver = subprocess.Popen(sweep_command(*args), env=sweep_env(home), stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        deadline, killed = time.time() + 300, False
+        while not killed:
+            assert driver.poll() is None and time.time() < deadline, "the status actor never started"
+            for pid in session_members(driver.pid):
+                try:
+                    name = Path(f"/proc/{pid}/cmdline").read_bytes()
+                except OSError:
+                    continue
+                if name.startswith(b"ray::StartedJobs"):
+                    os.kill(pid, signal.SIGKILL)
+                    killed = True
+            time.sleep(0.2)
+        out, err = driver.communicate(timeout=600)
+    finally:
+        end_sweep(driver)
+    assert driver.returncode == 0, err
+    assert "Traceback" not in err
+    for seed in (3, 4):
+        assert (run_dir(home, "bc", "expert", seed) / "result.json").is_file()
