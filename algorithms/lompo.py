@@ -185,8 +185,8 @@ PROFILE_SCALING = {
     # 0.50 s fp32 per model step at these sizes, and the bf16 fast path halves it (bench_fastpath).
     # Budget: 2,000 model steps and 20,000 agent updates, the authors' 1:4 ratio (25K : 100K), ~100
     # blocks; the same step counts as the former SAC recipe, so a whole run times the fast path and the
-    # agent change at equal budget. Idle-core estimate (bf16): model ~8 min, agent + rollouts ~5 min,
-    # fills ~1 min, evaluation ~2-6 min: <= ~20 min; the measured wall time is in the #11/#12 notes.
+    # agent change at equal budget. Measured (bf16): 34-44 min a run with the other core busy (model step
+    # ~0.65 s, update ~25 ms loaded); idle-core estimate from bench_fastpath (0.60 s, 24 ms) ~30 min.
     "cpu": dict(model_steps=2_000, model_batch=16, model_length=32, depth=16, deter=128, stoch=32, hidden=128,
                 reward_hidden=128, real_fill_steps=4, latent_init_transitions=10_000, agent_steps=20_000,
                 agent_batch=128),

@@ -423,29 +423,29 @@ class Sweep:
         queued = sum(1 for j in self.jobs.values() if j.state == "queued" and j.kind == "train")
         return (sum(running) + queued * mean) / max(1, self.slots)
 
+    def summary_values(self) -> dict[str, str]:
+        """What the live table and the status line show: counts, elapsed time, ETA."""
+        from .runner import format_duration
+
+        c, eta = self.counts(), self.eta_seconds()
+        return {"skipped": str(len(self.plan.finished)), **{s: str(c[s]) for s in ("queued", "running", "done", "failed")},
+                "elapsed": format_duration(time.time() - self.t0), "ETA": "–" if eta is None else format_duration(eta)}
+
     def summary(self):
         from rich.table import Table
 
-        from .runner import format_duration
-
-        c = self.counts()
-        eta = self.eta_seconds()
+        values = self.summary_values()
         table = Table()
-        for name in ("skipped", "queued", "running", "done", "failed", "elapsed", "ETA"):
+        for name in values:
             table.add_column(name, justify="right")
-        table.add_row(str(len(self.plan.finished)), str(c["queued"]), str(c["running"]), str(c["done"]),
-                      str(c["failed"]), format_duration(time.time() - self.t0),
-                      "–" if eta is None else format_duration(eta))
+        table.add_row(*values.values())
         return table
 
     def status_line(self) -> str:
         """The summary as one line, for logs (off a terminal rich's live table shows only at the end)."""
-        from .runner import format_duration
-
-        c, eta = self.counts(), self.eta_seconds()
-        return (f"{len(self.plan.finished)} skipped, {c['queued']} queued, {c['running']} running, {c['done']} done, "
-                f"{c['failed']} failed; elapsed {format_duration(time.time() - self.t0)}, "
-                f"ETA {'–' if eta is None else format_duration(eta)}")
+        v = self.summary_values()
+        return (f"{v['skipped']} skipped, {v['queued']} queued, {v['running']} running, {v['done']} done, "
+                f"{v['failed']} failed; elapsed {v['elapsed']}, ETA {v['ETA']}")
 
     # -- running -----------------------------------------------------------------------------
 

@@ -71,14 +71,11 @@ def contrast(agent, dataset, batches: int, seed: int, horizon: int) -> dict[str,
         for name, act in actors.items():
             state, per_step = start, {kind: [] for kind in PENALTIES}
             for k in range(horizon):
-                deter = model.deter_step(state, act(k, state.features()))
-                means, stds = model.priors(deter)
                 head = torch.randint(model.heads, (n,), generator=gen)
-                samples = means + stds * torch.randn(stds.shape, generator=gen)
-                stoch = samples.gather(0, head.view(1, n, 1).expand(1, n, means.shape[-1])).squeeze(0)
-                for kind in PENALTIES:
-                    per_step[kind].append(disagreement(kind, means.float(), stds.float(), stoch.float()))
-                state = LatentState(deter, stoch.to(deter.dtype))
+                state, info = model.imagine_step(state, act(k, state.features()), head=head)
+                for kind in PENALTIES:  # every kind from the same ensemble output and chosen sample
+                    per_step[kind].append(disagreement(kind, info["means"].float(), info["stds"].float(),
+                                                       state.stoch.float()))
             for kind in PENALTIES:
                 out[kind].setdefault(name, []).append(torch.stack(per_step[kind]))
     return {k: {a: torch.cat(v, 1).numpy() for a, v in d.items()} for k, d in out.items()}
@@ -92,6 +89,7 @@ def main(argv=None) -> int:
     parser.add_argument("--horizon", type=int, default=None, help="rollout steps (default: the run's horizon)")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
+    torch.manual_seed(args.seed)  # the latent model's own sampling in imagine_step
     agent, dataset, config, step = load_run(args.run_dir)
     horizon = args.horizon or agent.config.horizon
     results = contrast(agent, dataset, args.batches, args.seed, horizon)
