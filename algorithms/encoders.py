@@ -66,7 +66,7 @@ class ConvEncoder(nn.Module):
         channels = [depth * min(2**i, 8) for i in range(n)]
         layers, in_ch, size = [], 3, image_size
         for ch in channels:
-            layers += [nn.Conv2d(in_ch, ch, kernel_size=4, stride=2), activation(act)]
+            layers += [nn.Conv2d(in_ch, ch, kernel_size=4, stride=2), activation(act, inplace=True)]
             in_ch, size = ch, (size - 4) // 2 + 1
         self.net = nn.Sequential(*layers)
         self.out_dim = in_ch * size * size
@@ -119,9 +119,13 @@ class ConvDecoder(nn.Module):
     Under bf16 autocast on CPU, oneDNN's bf16 transposed convolution is slow on small maps: the
     5x5 -> 13x13 layer runs 1.45x faster in fp32 (benchmarks/bench_fastpath.py, measured with
     one thread), so transposed convolutions whose input is smaller than `CPU_FP32_BELOW` px run
-    in fp32 there; the larger ones are faster in bf16 and stay in it."""
+    in fp32 there; the larger ones are faster in bf16 and stay in it. The image layer (3 output
+    channels, even kernel, no padding) is worst of all in bf16, so there it runs as the
+    sub-pixel convolution it equals (`_subpixel`): one ordinary convolution to 4 x 3 channels
+    on the padded input, then a pixel shuffle."""
 
     CPU_FP32_BELOW = 8
+    SUBPIXEL_MAX_OUT = 4  # transposed convs with at most this many output channels go sub-pixel
 
     def __init__(self, feature_dim: int, image_size: int, depth: int = 32, act: str = "relu"):
         super().__init__()
@@ -133,7 +137,7 @@ class ConvDecoder(nn.Module):
         for i, (ch, k, p) in enumerate(layout):
             layers.append(nn.ConvTranspose2d(in_ch, ch, kernel_size=k, stride=2, padding=p))
             if i < len(layout) - 1:
-                layers.append(activation(act))
+                layers.append(activation(act, inplace=True))
             in_ch, size = ch, (size - 1) * 2 - 2 * p + k
         self.net = nn.Sequential(*layers)
         self.decoded_size = size  # equals image_size for powers of two
@@ -150,6 +154,25 @@ class ConvDecoder(nn.Module):
         y = F.linear(x, weight, first.bias.repeat(kh * kw))
         return y.reshape(-1, kh, kw, o).permute(0, 3, 1, 2)  # (N, O, kh, kw), channels-last strides
 
+    @staticmethod
+    def _subpixel(layer: nn.ConvTranspose2d, x: torch.Tensor) -> torch.Tensor:
+        """A stride-2, padding-0, even-kernel (2k) transposed convolution as the same function:
+        output pixel (2i + a, 2j + b) sums x[i - t, j - u] * W[:, :, 2t + a, 2u + b] over
+        t, u < k, which is a k x k convolution of the input padded by k - 1 whose 4 x O output
+        channels are the phases (a, b), interleaved back by a pixel shuffle."""
+        c, o, kh, kw = layer.weight.shape
+        k = kh // 2
+        # W[c, o, 2t + a, 2u + b] -> K[o, a, b, c, k-1-t, k-1-u] (a correlation reads the taps reversed).
+        w = layer.weight.reshape(c, o, k, 2, k, 2).permute(1, 3, 5, 0, 2, 4).flip(-1, -2).reshape(4 * o, c, k, k)
+        y = F.conv2d(F.pad(x, (k - 1,) * 4), w, layer.bias.repeat_interleave(4))
+        return F.pixel_shuffle(y, 2)
+
+    @classmethod
+    def _subpixel_applies(cls, layer: nn.ConvTranspose2d) -> bool:
+        kh, kw = layer.kernel_size
+        return (layer.out_channels <= cls.SUBPIXEL_MAX_OUT and kh == kw and kh % 2 == 0 and layer.stride == (2, 2)
+                and layer.padding == (0, 0) and layer.output_padding == (0, 0) and layer.dilation == (1, 1))
+
     def _finish(self, x: torch.Tensor, batch_shape) -> torch.Tensor:
         if self.decoded_size != self.image_size:
             x = F.interpolate(x, size=(self.image_size, self.image_size), mode="bilinear", align_corners=False)
@@ -163,6 +186,8 @@ class ConvDecoder(nn.Module):
             if fp32_small_maps and isinstance(layer, nn.ConvTranspose2d) and x.shape[-1] < self.CPU_FP32_BELOW:
                 with torch.autocast("cpu", enabled=False):
                     x = layer(x.float())
+            elif fp32_small_maps and isinstance(layer, nn.ConvTranspose2d) and self._subpixel_applies(layer):
+                x = self._subpixel(layer, x)
             else:
                 x = layer(x)
         return self._finish(x, batch_shape)

@@ -14,7 +14,8 @@ rendering frames from physics states costs at dataset-write time.
    profile's and the paper's image sizes.
 
 ``--compare`` instead times SB3's own ``SAC`` against the collector's ``CollectorSAC``
-(collectors/sac.py: the same algorithm with a leaner gradient step) in interleaved rounds of
+(collectors/sac.py: the same algorithm with a leaner gradient step, bf16 bodies by default;
+also shown in fp32) in interleaved rounds of
 ``--steps / --rounds`` agent steps each, both recording, and reports the median steps/s of
 each and their ratio (``bench-output/bench_collect_compare.json``).
 
@@ -60,7 +61,8 @@ def time_sac(env_name: str, steps: int, record: bool, warmup: int) -> float:
 
 
 def compare_sac(env_name: str, steps: int, rounds: int, warmup: int) -> dict:
-    """Agent steps/s of SB3's SAC and of CollectorSAC, same settings and seed, interleaved."""
+    """Agent steps/s of SB3's SAC and of CollectorSAC (in fp32 and at its default precision),
+    same settings and seed, interleaved."""
     import dataclasses
     import statistics
 
@@ -75,7 +77,7 @@ def compare_sac(env_name: str, steps: int, rounds: int, warmup: int) -> dict:
     cfg = dataclasses.replace(sac.effective_config(env_name, budget), learning_starts=warmup)
     tmp = Path(tempfile.mkdtemp())
     models = {}
-    for name in ("sb3 SAC", "CollectorSAC"):
+    for name in ("sb3 SAC", "CollectorSAC fp32", "CollectorSAC"):
         log = sac.ReplayLog(tmp / name.replace(" ", "_"), budget.log_chunk_rows)
         wrapper = sac.RecordingStateEnv(sac.make_env(env_name, budget), 0, log)
         model = sac._new_model(env_name, DummyVecEnv([lambda: wrapper]), cfg, budget, 0)
@@ -84,6 +86,8 @@ def compare_sac(env_name: str, steps: int, rounds: int, warmup: int) -> dict:
                         learning_starts=cfg.learning_starts, batch_size=cfg.batch_size, tau=cfg.tau, gamma=cfg.gamma,
                         train_freq=cfg.train_freq, gradient_steps=cfg.gradient_steps, ent_coef=cfg.ent_coef,
                         policy_kwargs={"net_arch": list(cfg.net_arch)}, seed=0, device="auto", verbose=0)
+        elif name == "CollectorSAC fp32":  # the leaner step without the bf16 autocast
+            model.precision = "fp32"
         model.learn(total_timesteps=warmup + 1)  # fills the buffer, first update
         models[name] = model
     per_round = max(1, steps // rounds)
@@ -96,7 +100,8 @@ def compare_sac(env_name: str, steps: int, rounds: int, warmup: int) -> dict:
     shutil.rmtree(tmp, ignore_errors=True)
     medians = {name: statistics.median(r) for name, r in rates.items()}
     return {"env": env_name, "batch_size": cfg.batch_size, "net_arch": list(cfg.net_arch), "rounds": rates,
-            "steps_per_s": medians, "speedup": medians["CollectorSAC"] / medians["sb3 SAC"]}
+            "steps_per_s": medians, "speedup": medians["CollectorSAC"] / medians["sb3 SAC"],
+            "speedup_fp32": medians["CollectorSAC fp32"] / medians["sb3 SAC"]}
 
 
 def time_env(env_name: str, steps: int, record: bool) -> float:
@@ -171,8 +176,9 @@ def main():
         print(f"SAC agent steps/s on {args.env} (batch {res['batch_size']}, {res['net_arch']}, one update per step, "
               f"recording), median of {args.rounds} interleaved rounds")
         for name, rate in res["steps_per_s"].items():
-            print(f"  {name:<14}{rate:>8.1f}")
-        print(f"  speedup       {res['speedup']:>8.2f}x")
+            print(f"  {name:<18}{rate:>8.1f}")
+        print(f"  {'speedup (fp32)':<18}{res['speedup_fp32']:>8.2f}x")
+        print(f"  {'speedup':<18}{res['speedup']:>8.2f}x")
         dest = Path("bench-output")
         dest.mkdir(exist_ok=True)
         (dest / "bench_collect_compare.json").write_text(json.dumps(res, indent=2))

@@ -6,8 +6,9 @@ as a layer, NCHW maps) and the image likelihood as the plain expression on frame
 preprocessed twice (encoder input, decoder target), and torch's default (foreach) Adam, as
 before the fast path. Fast path (the default, `precision="bf16"`): bf16 autocast for the
 bodies with fp32 output layers and losses, the decoder's first transposed convolution as the
-matrix product it is on a 1x1 map, channels-last maps, frames preprocessed once, a fused
-image likelihood and fused Adam (algorithms/precision.py, encoders.py, networks.adam).
+matrix product it is on a 1x1 map and its image layer as a sub-pixel convolution, channels-last
+maps, in-place conv activations, frames preprocessed once, a fused image likelihood and fused
+Adam (algorithms/precision.py, encoders.py, networks.adam).
 
 Timed, at the `cpu` profile's sizes and walker's 64 px frames, on random inputs (speed does
 not depend on the pixels):
@@ -165,12 +166,15 @@ def bc_update(kind: str):
 
 
 def build_contender(build, kind: str):
-    """`build(kind)`, with torch's default (unfused) Adam on the reference side."""
+    """`build(kind)`, with torch's default (unfused) Adam and out-of-place conv activations on
+    the reference side."""
     from unittest import mock
 
-    from lompo_bench.algorithms import networks
+    from lompo_bench.algorithms import encoders, networks
 
-    with mock.patch.object(networks, "FUSED_ADAM", kind != "reference"):
+    reference = kind == "reference"
+    conv_activation = (lambda name, inplace=False: networks.activation(name)) if reference else networks.activation
+    with mock.patch.object(networks, "FUSED_ADAM", not reference), mock.patch.object(encoders, "activation", conv_activation):
         return build(kind)
 
 

@@ -61,6 +61,9 @@ class SACConfig:
     net_arch: tuple[int, ...] = (256, 256)
     ent_coef: str = "auto"  # learned temperature, target entropy -dim(A)
     buffer_size: int = 1_000_000  # SB3 replay buffer, capped at the run's steps (the replay log keeps everything)
+    # "bf16": the gradient step's MLP bodies in bf16 autocast, Q / mean / log-std output layers and
+    # losses in fp32 (collectors/sac_policy.py); "fp32": SB3's numerics. Acting is always fp32.
+    precision: str = "bf16"
 
 
 # What reaches expert level on each task, from state.

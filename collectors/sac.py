@@ -53,14 +53,20 @@ weight gradients and then zeroes them unused), the target networks are Polyak-av
 with foreach ops (the same multiply-add as SB3's per-tensor loop), and the losses are logged
 once per `train()` call instead of one host read each per step. Adam runs fused
 (`optimizer_kwargs={"fused": True}`, SB3's policy option; the same update in one kernel).
-Same update-to-data ratio, batch, networks and losses; `benchmarks/bench_collect.py
---compare` times it against SB3's own `SAC` in interleaved rounds. Runs started before
-this change resume with it (the saved policy options are kept) but no longer bit-exactly.
+With ``SACConfig.precision = "bf16"`` (the default) the gradient step runs under bf16
+autocast: the MLP bodies compute in bf16 (one core's bf16 matmul is ~4x its fp32 one) while
+the policy class ``CollectorSACPolicy`` (``sac_policy.py``) keeps the Q, mean and log-std
+output layers, and so every loss, in fp32; acting stays fp32. Same update-to-data ratio,
+batch, networks and losses; `benchmarks/bench_collect.py --compare` times it against SB3's own
+`SAC` in interleaved rounds. A run keeps the precision it started with (``state.pt``;
+checkpoints from before the setting existed resume in fp32), so a resumed run continues as it
+began, and ``result.json``'s ``sac_config`` records it.
 """
 
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 import os
 import random
@@ -73,6 +79,7 @@ import numpy as np
 import torch
 
 from lompo_bench import paths
+from lompo_bench.algorithms.precision import check_precision
 from lompo_bench.errors import UserError
 from lompo_bench.provenance import stamp
 
@@ -392,8 +399,6 @@ def check_trained_to_budget(result: dict, env: str, seed: int, profile: str, bud
 
 def effective_config(env: str, budget: CollectBudget) -> SACConfig:
     """The env's SAC settings with the profile's warm-up and a buffer no larger than the run."""
-    import dataclasses
-
     cfg = sac_config(env)
     warmup = budget.learning_starts if budget.learning_starts is not None else cfg.learning_starts
     return dataclasses.replace(cfg, learning_starts=warmup, buffer_size=min(cfg.buffer_size, budget.sac_steps),
@@ -410,8 +415,13 @@ def collector_sac_class():
     from stable_baselines3.common.utils import polyak_update
     from torch.nn import functional as F
 
+    from lompo_bench.algorithms.precision import autocast
+
     class CollectorSAC(SAC):
-        """SB3 SAC whose gradient step skips work whose result SB3 discards (module doc)."""
+        """SB3 SAC whose gradient step skips work whose result SB3 discards (module doc).
+        `precision` ("bf16" or "fp32", `SACConfig.precision`) is set by whoever builds or loads it."""
+
+        precision = "fp32"
 
         def train(self, gradient_steps: int, batch_size: int = 64) -> None:
             self.policy.set_training_mode(True)
@@ -422,6 +432,15 @@ def collector_sac_class():
             critic_params, target_params = list(self.critic.parameters()), list(self.critic_target.parameters())
             logged: dict[str, list[torch.Tensor]] = {"ent_coef": [], "actor_loss": [], "critic_loss": [],
                                                      "ent_coef_loss": []}
+            with autocast(self.precision):
+                self._gradient_steps(gradient_steps, batch_size, critic_params, target_params, logged)
+            self._n_updates += gradient_steps
+            self.logger.record("train/n_updates", self._n_updates, exclude="tensorboard")
+            for name, values in logged.items():
+                if values:
+                    self.logger.record(f"train/{name}", float(torch.stack([v.reshape(()) for v in values]).mean()))
+
+        def _gradient_steps(self, gradient_steps, batch_size, critic_params, target_params, logged) -> None:
             for gradient_step in range(gradient_steps):
                 data = self.replay_buffer.sample(batch_size, env=self._vec_normalize_env)
                 discounts = data.discounts if data.discounts is not None else self.gamma
@@ -478,12 +497,6 @@ def collector_sac_class():
                     if self.batch_norm_stats:
                         polyak_update(self.batch_norm_stats, self.batch_norm_stats_target, 1.0)
 
-            self._n_updates += gradient_steps
-            self.logger.record("train/n_updates", self._n_updates, exclude="tensorboard")
-            for name, values in logged.items():
-                if values:
-                    self.logger.record(f"train/{name}", float(torch.stack([v.reshape(()) for v in values]).mean()))
-
     _COLLECTOR_SAC = CollectorSAC
     return CollectorSAC
 
@@ -492,14 +505,18 @@ _COLLECTOR_SAC = None
 
 
 def _new_model(env_name: str, vec_env, cfg: SACConfig, budget: CollectBudget, seed: int):
-    return collector_sac_class()(
-        "MlpPolicy", vec_env, learning_rate=cfg.learning_rate, buffer_size=cfg.buffer_size,
+    from .sac_policy import CollectorSACPolicy
+
+    model = collector_sac_class()(
+        CollectorSACPolicy, vec_env, learning_rate=cfg.learning_rate, buffer_size=cfg.buffer_size,
         learning_starts=cfg.learning_starts,
         batch_size=cfg.batch_size, tau=cfg.tau, gamma=cfg.gamma, train_freq=cfg.train_freq,
         gradient_steps=cfg.gradient_steps, ent_coef=cfg.ent_coef,
         policy_kwargs={"net_arch": list(cfg.net_arch), "optimizer_kwargs": {"fused": True}}, seed=seed,
         device="auto", verbose=0,
     )
+    model.precision = check_precision(cfg.precision)
+    return model
 
 
 def train(env: str, seed: int = 0, profile: str = "paper", *, progress: bool = True,
@@ -548,7 +565,7 @@ def _train(env, seed, profile, budget, cfg, folder, progress, stop_after) -> dic
         log.truncate(0)
         model = _new_model(env, vec_env, cfg, budget, seed)
         state = {"curve": [], "next_eval": 0, "next_ckpt": budget.checkpoint_every, "log_rows": 0,
-                 "next_episode": 0, "wall_time_s": 0.0}
+                 "next_episode": 0, "wall_time_s": 0.0, "precision": cfg.precision}
     else:
         try:
             state = torch.load(ckpt / "state.pt", weights_only=False)
@@ -557,6 +574,10 @@ def _train(env, seed, profile, budget, cfg, folder, progress, stop_after) -> dic
         except Exception as exc:  # any unreadable file: say which, keep everything on disk
             raise UserError(f"corrupt checkpoint {ckpt} ({type(exc).__name__}); delete {folder} to retrain") from None
         log.truncate(state["log_rows"])
+        # The precision the run started with (runs from before the setting: fp32).
+        state.setdefault("precision", "fp32")
+        cfg = dataclasses.replace(cfg, precision=state["precision"])
+        model.precision = state["precision"]
         wrapper.next_episode = state["next_episode"]
         wrapper.total_steps = model.num_timesteps
         saved_obs = model._last_obs
@@ -676,8 +697,6 @@ def _lock(folder: Path):
 
 
 def _asdict(obj) -> dict:
-    import dataclasses
-
     return {k: (list(v) if isinstance(v, tuple) else v) for k, v in dataclasses.asdict(obj).items()}
 
 

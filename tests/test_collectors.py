@@ -291,3 +291,32 @@ def test_a_finished_run_shorter_than_the_budget_is_not_reused(tmp_path, monkeypa
     assert_one_line_error(result, f"trained for {budget.sac_steps - 100} steps", f"is now {budget.sac_steps}",
                           f"delete {folder}")
     assert not (tmp_path / "datasets" / "smoke" / "walker" / "expert.zarr").exists()
+
+
+def test_bf16_gradient_step_keeps_sac_outputs_fp32(walker_home):
+    """The collector's default bf16 step: the finished run records its precision, the saved
+    policy is `CollectorSACPolicy`, and under bf16 autocast its Q, mean and log-std layers
+    still return fp32 values within bf16 body rounding of the fp32 ones."""
+    import torch
+
+    from lompo_bench.algorithms.precision import autocast
+    from lompo_bench.collectors.sac_policy import CollectorSACPolicy
+
+    result = json.loads((sac.run_dir("walker", 0, "smoke") / "result.json").read_text())
+    assert result["sac_config"]["precision"] == "bf16"
+    policy = sac.load_final_policy("walker", 0, "smoke").policy
+    assert isinstance(policy, CollectorSACPolicy)
+    torch.manual_seed(0)
+    obs = torch.randn(64, policy.observation_space.shape[0])
+    action = torch.rand(64, policy.action_space.shape[0]) * 2 - 1
+    with torch.no_grad():
+        q32 = torch.cat(policy.critic(obs, action), 1)
+        mean32, log_std32, _ = policy.actor.get_action_dist_params(obs)
+        with autocast("bf16"):
+            q16 = torch.cat(policy.critic(obs, action), 1)
+            mean16, log_std16, _ = policy.actor.get_action_dist_params(obs)
+    for exact, fast in ((q32, q16), (mean32, mean16), (log_std32, log_std16)):
+        assert fast.dtype == torch.float32
+        assert (fast - exact).abs().max() <= 0.05 * exact.abs().max() + 1e-3
+    with autocast("bf16"):  # the bodies really run in bf16 (else the setting would do nothing)
+        assert policy.critic.q_networks[0][0](torch.cat([obs, action], 1)).dtype == torch.bfloat16
