@@ -20,6 +20,14 @@ A sweep is planned, then run:
   finishes (`leaderboard.csv_store.publish`: re-verifies the dataset, atomic, serialized by a
   lock, so concurrent workers lose no row). Finished runs of the grid that are not in the CSV
   yet (a sweep killed between training and publishing) are published at the start.
+- **skip published** (optional, with publish): a training job whose run the CSV already holds
+  a row for (`published_row`: same algorithm, env, split, seed, profile and dataset checksum)
+  is not trained again, wherever that row was made. Run directories stay on the machine that
+  made them, the CSV travels (a git checkout), and the collectors rebuild a dataset bit for bit
+  on one machine type: so the same sweep command, run on fresh machines one after another,
+  builds the table up instead of retraining it. Checked in the worker, once the job's dataset
+  exists (a sweep may be collecting it). Rows do not record ``--set`` values, so a grid with
+  ``--set`` cannot skip published rows.
 
 Interrupted training resumes from its checkpoint (the runner does that by itself), so a sweep
 killed at any point and re-run with the same command trains only what is missing. The run
@@ -124,13 +132,15 @@ class Job:
     message: str = ""
     started: float | None = None
     seconds: float | None = None
+    published_row: dict | None = None  # skip published: the CSV's row that made training unneeded
 
-    def spec(self, grid: Grid, publish_csv: Path | None) -> dict:
+    def spec(self, grid: Grid, publish_csv: Path | None, skip_published: bool = False) -> dict:
         """What the worker needs (plain data, so it pickles to any machine)."""
         return {"key": self.key, "kind": self.kind, "env": self.env, "splits": list(self.splits),
                 "algo": self.algo, "split": self.split, "seed": self.seed, "profile": grid.profile,
                 "overrides": dict(grid.overrides), "run_dir": str(self.run_dir) if self.run_dir else None,
-                "log_path": str(self.log_path), "publish_csv": str(publish_csv) if publish_csv else None}
+                "log_path": str(self.log_path), "publish_csv": str(publish_csv) if publish_csv else None,
+                "skip_published": skip_published}
 
 
 @dataclass
@@ -286,6 +296,14 @@ def train_job(spec: dict) -> dict:
     if (Path(spec["run_dir"]) / "result.json").exists():  # finished meanwhile by another sweep or `run`
         print("finished by another process; not trained again", flush=True)
         return {"note": "finished meanwhile by another process"}
+    if spec["skip_published"]:
+        row = published_row(spec["publish_csv"], spec["algo"], spec["env"], spec["split"], spec["seed"],
+                            spec["profile"])
+        if row is not None:
+            note = (f"already published (run_id {row['run_id']}, score {row['normalized_score']}, "
+                    f"commit {row['commit'][:7]}); not trained again")
+            print(note, flush=True)
+            return {"note": note, "published_row": row}
     run_dir = run(spec["algo"], spec["env"], spec["split"], seed=spec["seed"], profile=spec["profile"],
                   overrides=spec["overrides"] or None, out=spec["run_dir"],
                   callbacks=[ConsoleReporter(progress=False), LogIntoRunDir()])
@@ -301,6 +319,21 @@ def train_job(spec: dict) -> dict:
             outcome["refused"] = report.refused[0][1]
         print(f"publish: {outcome}", flush=True)
     return outcome
+
+
+def published_row(csv_path, algo: str, env: str, split: str, seed: int, profile: str) -> dict | None:
+    """The CSV's row of this run, if it has one: same algorithm, env, split, seed and profile, on
+    the dataset that is on this machine now (by its checksum, so a dataset rebuilt differently
+    does not count)."""
+    from lompo_bench.leaderboard import csv_store
+    from lompo_bench.store import Dataset
+
+    rows = [r for r in csv_store.read_rows(csv_path)
+            if (r["algorithm"], r["env"], r["split"], str(r["seed"]), r["profile"]) == (algo, env, split, str(seed), profile)]
+    if not rows:
+        return None
+    checksum = Dataset.open(paths.dataset_path(env, split, profile)).checksum
+    return next((r for r in rows if r["dataset_checksum"] == checksum), None)
 
 
 def run_job(spec: dict, status=None) -> dict:
@@ -371,12 +404,18 @@ class Sweep:
     gpus_per_job: float = 0.0
     local_cpus: int | None = None  # CPUs of the local Ray (default: all)
     publish_csv: Path | None = None
+    skip_published: bool = False   # see the module docstring
     console: object = None         # rich Console for the live summary and messages
 
     def __post_init__(self):
         if self.cpus_per_job <= 0 or self.gpus_per_job < 0:
             raise UserError(f"--cpus-per-job must be > 0 and --gpus-per-job >= 0, got {self.cpus_per_job} "
                             f"and {self.gpus_per_job}")
+        if self.skip_published and self.publish_csv is None:
+            raise UserError("--skip-published goes with --publish (the CSV whose rows are skipped)")
+        if self.skip_published and self.plan.grid.overrides:
+            raise UserError("--skip-published cannot be combined with --set: leaderboard rows do not record "
+                            "settings, so a published row may have been trained with others")
         from rich.console import Console
 
         self.console = self.console or Console(stderr=True)
@@ -413,7 +452,8 @@ class Sweep:
         return counts
 
     def eta_seconds(self) -> float | None:
-        took = [j.seconds for j in self.jobs.values() if j.state == "done" and j.kind == "train" and j.seconds]
+        took = [j.seconds for j in self.jobs.values()
+                if j.state == "done" and j.kind == "train" and j.seconds and j.published_row is None]
         if not took:
             return None
         mean = sum(took) / len(took)
@@ -500,7 +540,8 @@ class Sweep:
                                 max_retries=WORKER_LOSS_RETRIES)(run_job)
 
             def submit(job: Job) -> None:
-                pending[remote.remote(job.spec(self.plan.grid, self.publish_csv), status)] = job
+                spec = job.spec(self.plan.grid, self.publish_csv, self.skip_published)
+                pending[remote.remote(spec, status)] = job
 
             for job in todo:
                 if job.needs is None:
@@ -530,6 +571,7 @@ class Sweep:
                             note = outcome.get("published") and f"published: {outcome['published']}"
                             note = note or (outcome.get("refused") and f"not published: {outcome['refused']}")
                             note = note or outcome.get("note")
+                            job.published_row = outcome.get("published_row")
                             self.finish(job, "done", note or "")
                         if job.kind == "collect":
                             for other in todo:
@@ -591,5 +633,7 @@ def grid_rows(run_dirs: list[Path], csv_path: Path | None) -> tuple[list[dict], 
 
 
 def finished_runs(jobs: list[Job], plan_: Plan) -> list[Path]:
-    return list(plan_.finished) + [j.run_dir for j in jobs if j.kind == "train" and j.state == "done"]
+    """Run directories of the grid that hold a finished run (not the runs skipped as published)."""
+    return list(plan_.finished) + [j.run_dir for j in jobs
+                                   if j.kind == "train" and j.state == "done" and j.published_row is None]
 

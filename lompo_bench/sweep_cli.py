@@ -22,6 +22,10 @@ from . import profiles
 @click.option("--collect", is_flag=True,
               help="Make any missing dataset first (one job per env: its SAC run of seed 0, then the splits).")
 @click.option("--publish", is_flag=True, help="Append each finished run to the leaderboard CSV as it completes.")
+@click.option("--skip-published", is_flag=True,
+              help="With --publish: do not train a run the CSV already has a row for (same algorithm, env, split, "
+                   "seed, profile and dataset checksum), so the same sweep on fresh machines builds the table up. "
+                   "Not with --set.")
 @click.option("--csv", "csv_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Leaderboard CSV for --publish [default: leaderboard/leaderboard.csv of the checkout].")
 @click.option("--address", default=None,
@@ -32,8 +36,8 @@ from . import profiles
               help="CPUs of the local Ray when no cluster is joined (default: all of this machine's).")
 @click.option("--runs-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Root of the run directories (default: $LOMPO_BENCH_HOME/runs; same layout as `run`).")
-def sweep(algos, envs, splits, seeds, profile, settings, collect, publish, csv_path, address, cpus_per_job,
-          gpus_per_job, local_cpus, runs_dir):
+def sweep(algos, envs, splits, seeds, profile, settings, collect, publish, skip_published, csv_path, address,
+          cpus_per_job, gpus_per_job, local_cpus, runs_dir):
     """Train every ALGO x ENV x SPLIT x SEED of a grid as Ray jobs, then print Table I for it.
 
     Finished runs are skipped, interrupted ones resume from their checkpoints: rerunning the
@@ -60,7 +64,7 @@ def sweep(algos, envs, splits, seeds, profile, settings, collect, publish, csv_p
     plan = sweeps.plan(grid, collect=collect, runs_root=runs_dir)
     csv_path = (csv_path or csv_store.default_csv_path()).resolve() if publish else None
     runner = sweeps.Sweep(plan, address=address, cpus_per_job=cpus_per_job, gpus_per_job=gpus_per_job,
-                          local_cpus=local_cpus, publish_csv=csv_path)
+                          local_cpus=local_cpus, publish_csv=csv_path, skip_published=skip_published)
     runner.say(f"sweep: {len(grid.algos)} algorithms x {len(grid.envs)} envs x {len(grid.splits)} splits x "
                f"{len(grid.seeds)} seeds [{profile}]: {len(plan.finished)} finished (skipped), "
                f"{sum(j.kind == 'train' for j in plan.jobs)} to train, "
@@ -75,12 +79,16 @@ def sweep(algos, envs, splits, seeds, profile, settings, collect, publish, csv_p
 
     failed = [j for j in jobs if j.state == "failed"]
     rows, notes = sweeps.grid_rows(sweeps.finished_runs(jobs, plan), csv_path)
+    rows += [j.published_row for j in jobs if j.published_row is not None]
     click.echo(table.render(rows, "md", profile, source=str(csv_path) if csv_path else "this sweep's run directories"),
                nl=False)
     for note in notes:
         runner.say(f"not in the table: {note}")
     c = runner.counts()
-    runner.say(f"sweep finished: {c['done']} done, {len(failed)} failed, {len(plan.finished)} skipped (already finished)")
+    published_before = sum(j.published_row is not None for j in jobs)
+    runner.say(f"sweep finished: {c['done'] - published_before} done, {len(failed)} failed, {len(plan.finished)} "
+               f"skipped (already finished)" + (f", {published_before} skipped (already published)"
+                                                if published_before else ""))
     for job in failed:
         runner.say(f"  failed {job.key}: {job.message} (log: {job.log_path})")
     if failed:

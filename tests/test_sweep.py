@@ -101,6 +101,16 @@ def test_grid_parsing_and_bad_input():
         Grid.parse("bc", ENV, "expert", "0", "smoke", ["nope=1"])
 
 
+def test_skip_published_needs_publish_and_no_settings(tmp_path, monkeypatch):
+    monkeypatch.setenv("LOMPO_BENCH_HOME", str(tmp_path))
+    plain = plan(Grid.parse("bc", ENV, "expert", "0", "smoke"), collect=True)
+    with pytest.raises(UserError, match="--skip-published goes with --publish"):
+        Sweep(plain, skip_published=True)
+    with_settings = plan(Grid.parse("bc", ENV, "expert", "0", "smoke", ["batch_size=64"]), collect=True)
+    with pytest.raises(UserError, match="cannot be combined with --set"):
+        Sweep(with_settings, publish_csv=tmp_path / "lb.csv", skip_published=True)
+
+
 def test_missing_dataset_without_collect_is_an_error(tmp_path, monkeypatch):
     monkeypatch.setenv("LOMPO_BENCH_HOME", str(tmp_path))
     with pytest.raises(UserError, match=f"lompo-bench collect {ENV} --split expert --profile smoke"):
@@ -152,6 +162,18 @@ def test_sweep_collects_trains_publishes_and_skips_finished(home, tmp_path):
     assert not [line for line in again.stderr.splitlines() if line.startswith("done ")]  # no job ran
     assert len(csv_store.read_rows(csv)) == 2  # nothing published twice
     assert {s: (run_dir(home, "bc", s, 0) / "result.json").read_bytes() for s in before} == before
+
+    # A machine without these run directories (a fresh runs folder), the same CSV: with
+    # --skip-published nothing is trained again and Table I shows the published rows.
+    fresh = tmp_path / "fresh-runs"
+    elsewhere = run_sweep(home, *args, "--skip-published", "--runs-dir", str(fresh))
+    assert elsewhere.returncode == 0, elsewhere.stderr
+    assert "0 finished (skipped), 2 to train" in elsewhere.stderr
+    assert elsewhere.stderr.count("already published (run_id") == 2
+    assert "0 done, 0 failed, 0 skipped (already finished), 2 skipped (already published)" in elsewhere.stderr
+    assert not list(fresh.rglob("result.json"))
+    assert len(csv_store.read_rows(csv)) == 2
+    assert "| D'Claw Screw | expert |" in elsewhere.stdout and "(1) |" in elsewhere.stdout
 
 
 def test_killed_sweep_rerun_trains_only_the_rest(home, tmp_path):
