@@ -21,8 +21,9 @@ A sweep is planned, then run:
   lock, so concurrent workers lose no row). Finished runs of the grid that are not in the CSV
   yet (a sweep killed between training and publishing) are published at the start.
 - **skip published** (optional, with publish): a training job whose run the CSV already holds
-  a row for (`published_row`: same algorithm, env, split, seed, profile and dataset checksum)
-  is not trained again, wherever that row was made. Run directories stay on the machine that
+  a row for (`published_row`: the row Table I shows for that algorithm, env, split, seed and
+  profile, made on a dataset with the same checksum) is not trained again, wherever that row
+  was made. Run directories stay on the machine that
   made them, the CSV travels (a git checkout), and the collectors rebuild a dataset bit for bit
   on one machine type: so the same sweep command, run on fresh machines one after another,
   builds the table up instead of retraining it. Checked in the worker, once the job's dataset
@@ -322,18 +323,18 @@ def train_job(spec: dict) -> dict:
 
 
 def published_row(csv_path, algo: str, env: str, split: str, seed: int, profile: str) -> dict | None:
-    """The CSV's row of this run, if it has one: same algorithm, env, split, seed and profile, on
-    the dataset that is on this machine now (by its checksum, so a dataset rebuilt differently
-    does not count)."""
-    from lompo_bench.leaderboard import csv_store
+    """The row Table I shows for this run (`table.latest_per_seed`: the latest of its algorithm,
+    env, split, seed and profile), if it was made on the dataset that is on this machine now (by
+    checksum: a dataset rebuilt differently does not count)."""
+    from lompo_bench.leaderboard import csv_store, table
     from lompo_bench.store import Dataset
 
-    rows = [r for r in csv_store.read_rows(csv_path)
+    rows = [r for r in table.latest_per_seed(csv_store.read_rows(csv_path))
             if (r["algorithm"], r["env"], r["split"], str(r["seed"]), r["profile"]) == (algo, env, split, str(seed), profile)]
     if not rows:
         return None
     checksum = Dataset.open(paths.dataset_path(env, split, profile)).checksum
-    return next((r for r in rows if r["dataset_checksum"] == checksum), None)
+    return rows[0] if rows[0]["dataset_checksum"] == checksum else None
 
 
 def run_job(spec: dict, status=None) -> dict:
