@@ -9,7 +9,9 @@ Budgets (SB3 SAC, one update per agent step). ``cpu`` budgets are chosen from me
 learning curves (``runs/sac/cpu/<env>/seed0/eval.csv``; figures in ``docs/figures/``):
 
 - ``walker``, 150k steps: evaluation return 588 at 40k (the medium point), 954 at 70k, 969 at
-  150k (random 40). Measured twice (sessions 1 and 3), bit-identical datasets.
+  150k (random 40). Measured twice (sessions 1 and 3), bit-identical datasets. On a newer CPU
+  (AMD EPYC, cpu family 26) the same fp32 run diverged: 488 at 35k (the medium point), 776 at 150k
+  (random 40 again: the env is identical, SAC's floating-point rounding is not).
 - ``dclaw-screw``, 100k steps: return 164 at 15k, 433 at 40k (the medium point), 682 at 65k,
   839 at 100k (random -23); the expert turns the valve counter-clockwise (the rewarded direction)
   at 0.67 rad/s, 16.8 rad per 8 s episode, random 0.0 (``scripts/dataset-report.py``).

@@ -11,6 +11,10 @@ algorithm, the interquartile mean of the normalized scores over all its cells an
 a 95% stratified-bootstrap interval (`scoring`), and the paper's IQM over the same cells.
 
 A cell marked ``†`` has runs published with ``--no-verify`` (dataset not re-verified).
+Scores on different datasets never average: where a profile's (env, split) has runs on more than
+one version of its dataset (different content checksums, e.g. collected on machines whose CPUs
+round differently, so their SAC runs diverged), each version is a row of its own, its split
+labelled with the checksum (``medium-expert (data 853c5646)``).
 A seed published more than once for the same (algorithm, env, split, profile) counts once,
 with its latest row (by run timestamp), so re-running a seed replaces it in the table while
 the CSV keeps every row.
@@ -118,8 +122,29 @@ def _cell_order(cell: tuple[str, str]) -> tuple:
     """The paper's order: env by env, splits medium-replay, medium-expert, expert; unknown ones last."""
     env, split = cell
     env_rank = ENV_ORDER.index(env) if env in ENV_ORDER else len(ENV_ORDER)
-    split_rank = SPLIT_ORDER.index(split) if split in SPLIT_ORDER else len(SPLIT_ORDER)
+    split_rank = SPLIT_ORDER.index(base_split(split)) if base_split(split) in SPLIT_ORDER else len(SPLIT_ORDER)
     return (env_rank, env, split_rank, split)
+
+
+def split_label(split: str, checksum: str) -> str:
+    return f"{split} (data {checksum[:8]})"
+
+
+def base_split(label: str) -> str:
+    """The split of a row label (`split_label` adds the dataset version)."""
+    return label.split(" (data ", 1)[0]
+
+
+def label_dataset_versions(rows: list[dict]) -> list[dict]:
+    """Rows whose (profile, env, split) spans several dataset checksums get their split labelled
+    with the checksum (copies; the others are returned as they are)."""
+    versions: dict[tuple, list[str]] = {}
+    for r in sorted(rows, key=lambda r: _when(r["timestamp"])):
+        seen = versions.setdefault((r["profile"], r["env"], r["split"]), [])
+        if r["dataset_checksum"] not in seen:
+            seen.append(r["dataset_checksum"])
+    return [r if len(versions[(r["profile"], r["env"], r["split"])]) == 1
+            else {**r, "split": split_label(r["split"], r["dataset_checksum"])} for r in rows]
 
 
 def build(rows: list[dict], profile: str | None = None, *, reps: int = 50_000) -> list[Block]:
@@ -128,7 +153,7 @@ def build(rows: list[dict], profile: str | None = None, *, reps: int = 50_000) -
         raise choice_error("profile", profile, PROFILES)
     paper = load_paper_table()
     paper_cells = list(paper)
-    rows = latest_per_seed(rows)
+    rows = latest_per_seed(label_dataset_versions(rows))
     profiles = [profile] if profile else [p for p in PROFILE_ORDER if any(r["profile"] == p for r in rows)]
     if not profiles:
         profiles = [None]
@@ -140,15 +165,19 @@ def build(rows: list[dict], profile: str | None = None, *, reps: int = 50_000) -
             cell = ours.setdefault((r["algorithm"], r["env"], r["split"]), Cell([]))
             cell.scores.append(r["normalized_score"])
             cell.unverified += not r["dataset_verified"]
-        cells = sorted(set(paper_cells) | {(e, s) for _, e, s in ours}, key=_cell_order)
+        versioned = {(e, s) for _, e, s in ours if base_split(s) != s}
+        shown_paper = set(paper_cells) - {(e, base_split(s)) for e, s in versioned}
+        cells = sorted(shown_paper | {(e, s) for _, e, s in ours}, key=_cell_order)
         extra = sorted({a for a, _, _ in ours} - set(ALGORITHMS))
-        block = Block(profile=prof, cells=cells, algorithms=list(ALGORITHMS) + extra, ours=ours, paper=paper)
+        # A versioned row shows the paper's value of its split.
+        block_paper = {**paper, **{(e, s): paper[(e, base_split(s))] for e, s in versioned if (e, base_split(s)) in paper}}
+        block = Block(profile=prof, cells=cells, algorithms=list(ALGORITHMS) + extra, ours=ours, paper=block_paper)
         for algo in block.algorithms:
             by_cell = {(e, s): c.scores for (a, e, s), c in ours.items() if a == algo}
             if not by_cell:
                 continue
             block.aggregates[algo] = aggregate(by_cell, reps=reps)
-            paper_values = [paper[c][algo] for c in by_cell if c in paper and algo in paper[c]]
+            paper_values = [block_paper[c][algo] for c in by_cell if c in block_paper and algo in block_paper[c]]
             if paper_values:
                 block.paper_iqm[algo] = iqm(paper_values)
         blocks.append(block)

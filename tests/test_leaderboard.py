@@ -352,6 +352,26 @@ def test_table_cells_and_blocks(small_board):
     assert "\\begin{tabular}" in latex and "D'Claw Screw" in latex and "20.0 (1)" in latex
 
 
+def test_runs_on_two_versions_of_a_dataset_are_rows_of_their_own(tmp_path):
+    """Seeds on datasets with different checksums (collected on different machines) never average:
+    each version is its own row, labelled with its checksum, beside the paper's value of the split."""
+    out = tmp_path / "lb.csv"
+    runs = [write_run(tmp_path, f"v1-{seed}", seed=seed, raw_return=ret, dataset_checksum="aaaa1111bbbb")
+            for seed, ret in enumerate([260.0, 300.0])]  # 40, 50
+    runs.append(write_run(tmp_path, "v2-0", seed=0, raw_return=460.0, dataset_checksum="cccc2222dddd",
+                          timestamp="2026-03-01T00:00:00+00:00"))  # 90: not the latest of seed 0 of v1
+    runs.append(write_run(tmp_path, "bc-v1", algorithm="bc", raw_return=140.0, dataset_checksum="aaaa1111bbbb"))
+    assert csv_store.publish(runs, out, verify=False).refused == []
+    md = table.render(csv_store.read_rows(out), "md", profile="smoke", reps=2_000)
+    lines = {line.split("|")[2].strip(): [c.strip() for c in line.strip("|").split("|")]
+             for line in md.splitlines() if line.startswith("| Walker Walk |")}
+    assert "expert" not in lines  # no unlabelled expert row: both versions have their own
+    v1, v2 = lines["expert (data aaaa1111)"], lines["expert (data cccc2222)"]
+    assert v1[2:4] == ["45.0 ± 7.1 (2)†", "75.8"] and v1[-2:] == ["10.0 (1)†", "11.8"]
+    assert v2[2:4] == ["90.0 (1)†", "75.8"] and v2[-2] == "–"
+    assert list(lines).index("expert (data aaaa1111)") > list(lines).index("medium-expert")  # the paper's order
+
+
 def test_empty_table_shows_paper_values():
     md = table.render([], "md")
     assert "No runs published yet" in md
