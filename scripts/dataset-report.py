@@ -8,7 +8,10 @@ Prints one markdown row per store: episodes, transitions, mean / std / min / med
 episode return, and where the task defines it the success rate (Door Open: an episode succeeds
 when its sparse reward is ever 1). For D'Claw Screw it adds the valve's mean angular velocity
 (rad/s, + = the rewarded counter-clockwise direction) and the angle turned per episode (rad),
-both read from the recorded ground-truth ``state``. ``--filmstrip`` draws evenly spaced frames
+both read from the recorded ground-truth ``state``. For Adroit Pen it adds gymnasium-robotics'
+success criterion (pen within 7.5 cm of the goal position and orientation similarity > 0.95),
+computed from ``state`` at the end of each agent step: the share of episodes that end with the
+pen at the goal, and the mean share of steps spent there. ``--filmstrip`` draws evenly spaced frames
 of the first episode of the ``expert`` store given: exactly the pixels the agent is trained on.
 """
 
@@ -23,11 +26,21 @@ from lompo_bench.store import Dataset
 
 # envs/dclaw.py: state = joint pos (9), joint vel (9), cos, sin of the valve angle, valve angular velocity, ...
 DCLAW_COS, DCLAW_SIN, DCLAW_OMEGA = 18, 19, 20
+# gymnasium-robotics' AdroitHandPen observation (envs/adroit.py `state`): hand qpos (24), pen
+# position (3), pen velocity (6), pen orientation (3), goal orientation (3), position - goal (3), ...
+PEN_ORIEN, GOAL_ORIEN, PEN_TO_GOAL = slice(33, 36), slice(36, 39), slice(39, 42)
+
+
+def pen_at_goal(state: np.ndarray) -> np.ndarray:
+    """gymnasium-robotics' AdroitHandPen `success` per row: distance < 0.075 and similarity > 0.95."""
+    distance = np.linalg.norm(state[:, PEN_TO_GOAL], axis=1)
+    similarity = (state[:, PEN_ORIEN] * state[:, GOAL_ORIEN]).sum(1)
+    return (distance < 0.075) & (similarity > 0.95)
 
 
 def episode_stats(ds: Dataset) -> dict:
-    returns, successes, omegas, turned = [], [], [], []
-    keys = ["reward"] + (["state"] if ds.env == "dclaw-screw" else [])
+    returns, successes, omegas, turned, at_goal = [], [], [], [], []
+    keys = ["reward"] + (["state"] if ds.env in ("dclaw-screw", "adroit-pen") else [])
     for e in range(ds.num_episodes):
         ep = ds.episode(e, keys)
         reward = ep["reward"][1:]  # row 0 is the reset observation
@@ -39,11 +52,17 @@ def episode_stats(ds: Dataset) -> dict:
             angle = np.unwrap(np.arctan2(state[:, DCLAW_SIN], state[:, DCLAW_COS]))
             turned.append(float(angle[-1] - angle[0]))
             omegas.append(float(state[1:, DCLAW_OMEGA].mean()))
+        if ds.env == "adroit-pen":
+            goal = pen_at_goal(ep["state"][1:])
+            successes.append(bool(goal[-1]))
+            at_goal.append(float(goal.mean()))
     r = np.asarray(returns)
     out = {"episodes": ds.num_episodes, "transitions": ds.num_transitions, "mean": r.mean(), "std": r.std(),
            "min": r.min(), "median": float(np.median(r)), "max": r.max()}
     if successes:
         out["success"] = float(np.mean(successes))
+    if at_goal:
+        out["at_goal"] = float(np.mean(at_goal))
     if turned:
         out["omega"] = float(np.mean(omegas))
         out["turned"] = float(np.mean(turned))
@@ -74,6 +93,8 @@ def main() -> None:
         extra = ""
         if "success" in s:
             extra += f" | {100 * s['success']:.0f}%"
+        if "at_goal" in s:
+            extra += f" | {100 * s['at_goal']:.0f}%"
         if "turned" in s:
             extra += f" | {s['omega']:+.2f} | {s['turned']:+.1f}"
         rows.append(f"| {ds.split} | {s['episodes']} | {s['transitions']} | {s['mean']:.1f} | {s['std']:.1f} | "
@@ -84,6 +105,8 @@ def main() -> None:
     head = "| split | episodes | transitions | mean | std | min | median | max"
     if first.env == "sawyer-door":
         head += " | success"
+    if first.env == "adroit-pen":
+        head += " | success (at goal at the end) | steps at goal"
     if first.env == "dclaw-screw":
         head += " | valve rad/s | turned rad/episode"
     random_ret, expert_ret = first.reference_returns

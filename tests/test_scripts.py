@@ -52,3 +52,34 @@ def test_penalty_contrast_reloads_the_model_and_measures_every_penalty(lompo_run
         values = [float(x) for x in r[2:7]]  # four action sets and the ratio: numbers, penalties >= 0
         assert all(v >= 0 for v in values[:4]) and values[4] > 0
         assert 0.0 <= float(r[7]) <= 1.0
+
+
+def test_dataset_report_reads_adroit_success_as_gymnasium_robotics_does():
+    """dataset-report's pen-at-goal test on the recorded `state` agrees with gymnasium-robotics'
+    own `success` on every base step of a real episode that reaches the goal (the goal is set to
+    the pen's own orientation, so the rollout spends steps at it and steps away from it)."""
+    import importlib.util
+
+    import mujoco
+    import numpy as np
+
+    from lompo_bench import envs  # noqa: F401  (picks the rendering backend before gymnasium-robotics)
+    from gymnasium_robotics.envs.adroit_hand.adroit_pen import AdroitHandPenEnv
+
+    path = Path(__file__).parent.parent / "scripts" / "dataset-report.py"
+    spec = importlib.util.spec_from_file_location("dataset_report", path)
+    report = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(report)
+    env = AdroitHandPenEnv(reward_type="dense")
+    env.reset(seed=0)
+    env.model.body_quat[env.target_obj_body_id] = env.data.xquat[env.obj_body_id]
+    mujoco.mj_forward(env.model, env.data)
+    rng = np.random.default_rng(0)
+    ours, theirs = [], []
+    for _ in range(200):
+        obs, _, _, _, info = env.step(rng.uniform(-0.05, 0.05, 24))
+        ours.append(bool(report.pen_at_goal(obs[None].astype(np.float32))[0]))
+        theirs.append(bool(info["success"]))
+    env.close()
+    assert ours == theirs
+    assert 0 < sum(theirs) < len(theirs)  # both outcomes occur
