@@ -9,12 +9,20 @@ Budgets (SB3 SAC, one update per agent step). ``cpu`` budgets are chosen from me
 learning curves (``runs/sac/cpu/<env>/seed0/eval.csv``; figures in ``docs/figures/``):
 
 - ``walker``, 150k steps: evaluation return 588 at 40k (the medium point), 954 at 70k, 969 at
-  150k (random 40). Measured twice (sessions 1 and 3), bit-identical datasets. On a newer CPU
-  (AMD EPYC, cpu family 26) the same fp32 run diverged: 488 at 35k (the medium point), 776 at 150k
-  (random 40 again: the env is identical, SAC's floating-point rounding is not).
+  150k (random 40). Measured twice (sessions 1 and 3), bit-identical datasets, with SB3's own
+  SAC step. With `CollectorSAC` (d673b86: fused Adam, the same algorithm rounded differently)
+  the run diverged: 488 at 35k (the medium point), 776 at 150k (random 40 again); its datasets
+  are a new version (checksums c674552a / 853c5646 for medium-replay / medium-expert).
 - ``dclaw-screw``, 100k steps: return 164 at 15k, 433 at 40k (the medium point), 682 at 65k,
   839 at 100k (random -23); the expert turns the valve counter-clockwise (the rewarded direction)
-  at 0.67 rad/s, 16.8 rad per 8 s episode, random 0.0 (``scripts/dataset-report.py``).
+  at 0.67 rad/s, 16.8 rad per 8 s episode, random 0.0 (``scripts/dataset-report.py``). Collected
+  twice with `CollectorSAC` in fp32, on two AMD EPYC generations: bit-identical (same curve,
+  pixel-identical expert filmstrip; medium-expert checksum 8f7e9d3b).
+
+Precision (``SACConfig.precision``): walker and D'Claw collect in fp32, the precision their
+measured curves and datasets above were made in, so rerunning ``collect`` rebuilds exactly those
+datasets (the bf16 step, 1.5-1.8x faster, rounds differently and would make new versions).
+Adroit Pen and Door Open, measured first with the bf16 step, collect in bf16.
 - ``sawyer-door``, 300k steps: 100k was measured and is NOT enough. Meta-World's shaped return
   rose to 2729 but the deterministic policy first opened the door at 85k-90k (success on 29 and
   49 of 125 steps) and lost it again at 95k-100k, so the final policy scored 0 = random. 300k is
@@ -70,10 +78,11 @@ class SACConfig:
 
 # What reaches expert level on each task, from state.
 SAC_CONFIGS: dict[str, SACConfig] = {
-    # dm_control walker-walk, action repeat 2: the standard SAC settings reach ~950.
-    "walker": SACConfig(),
-    # ROBEL D'Claw: ROBEL's own SAC baseline settings (256x256, lr 3e-4, gamma 0.99).
-    "dclaw-screw": SACConfig(),
+    # dm_control walker-walk, action repeat 2: the standard SAC settings reach ~950. fp32: see
+    # "Precision" in the module docstring.
+    "walker": SACConfig(precision="fp32"),
+    # ROBEL D'Claw: ROBEL's own SAC baseline settings (256x256, lr 3e-4, gamma 0.99); fp32 as walker.
+    "dclaw-screw": SACConfig(precision="fp32"),
     # Adroit pen with dense reward, fixed goal: a larger network and a longer horizon.
     "adroit-pen": SACConfig(net_arch=(512, 512), gamma=0.99),
     # Meta-World door-open on the dense shaped reward: Meta-World's SAC baselines use

@@ -53,7 +53,8 @@ weight gradients and then zeroes them unused), the target networks are Polyak-av
 with foreach ops (the same multiply-add as SB3's per-tensor loop), and the losses are logged
 once per `train()` call instead of one host read each per step. Adam runs fused
 (`optimizer_kwargs={"fused": True}`, SB3's policy option; the same update in one kernel).
-With ``SACConfig.precision = "bf16"`` (the default) the gradient step runs under bf16
+With ``SACConfig.precision = "bf16"`` (the default; walker and D'Claw keep fp32, see
+``config.py``) the gradient step runs under bf16
 autocast: the MLP bodies compute in bf16 (one core's bf16 matmul is ~4x its fp32 one) while
 the policy class ``CollectorSACPolicy`` (``sac_policy.py``) keeps the Q, mean and log-std
 output layers, and so every loss, in fp32; acting stays fp32. Same update-to-data ratio,

@@ -293,18 +293,28 @@ def test_a_finished_run_shorter_than_the_budget_is_not_reused(tmp_path, monkeypa
     assert not (tmp_path / "datasets" / "smoke" / "walker" / "expert.zarr").exists()
 
 
-def test_bf16_gradient_step_keeps_sac_outputs_fp32(walker_home):
-    """The collector's default bf16 step: the finished run records its precision, the saved
-    policy is `CollectorSACPolicy`, and under bf16 autocast its Q, mean and log-std layers
-    still return fp32 values within bf16 body rounding of the fp32 ones."""
+def test_bf16_collector_resumes_exactly_and_keeps_sac_outputs_fp32(tmp_path, monkeypatch):
+    """Adroit Pen collects with the bf16 gradient step (collectors/config.py). A run stopped and
+    resumed equals an uninterrupted one (the precision is restored from the checkpoint), the
+    result records the precision, the saved policy is `CollectorSACPolicy`, and under bf16
+    autocast its Q, mean and log-std layers return fp32 values within bf16 body rounding."""
     import torch
 
     from lompo_bench.algorithms.precision import autocast
     from lompo_bench.collectors.sac_policy import CollectorSACPolicy
 
-    result = json.loads((sac.run_dir("walker", 0, "smoke") / "result.json").read_text())
-    assert result["sac_config"]["precision"] == "bf16"
-    policy = sac.load_final_policy("walker", 0, "smoke").policy
+    env = "adroit-pen"
+    monkeypatch.setenv("LOMPO_BENCH_HOME", str(tmp_path / "whole"))
+    whole = sac.train(env, 0, "smoke", progress=False)
+    monkeypatch.setenv("LOMPO_BENCH_HOME", str(tmp_path / "resumed"))
+    assert sac.train(env, 0, "smoke", progress=False, stop_after=100) == {"stopped_at": 100}
+    resumed = sac.train(env, 0, "smoke", progress=False)
+    assert whole["sac_config"]["precision"] == resumed["sac_config"]["precision"] == "bf16"
+    assert resumed["curve"] == whole["curve"]
+    policy = sac.load_final_policy(env, 0, "smoke").policy
+    monkeypatch.setenv("LOMPO_BENCH_HOME", str(tmp_path / "whole"))
+    for a, b in zip(policy.state_dict().values(), sac.load_final_policy(env, 0, "smoke").policy.state_dict().values()):
+        assert torch.equal(a, b)
     assert isinstance(policy, CollectorSACPolicy)
     torch.manual_seed(0)
     obs = torch.randn(64, policy.observation_space.shape[0])
@@ -320,3 +330,13 @@ def test_bf16_gradient_step_keeps_sac_outputs_fp32(walker_home):
         assert (fast - exact).abs().max() <= 0.05 * exact.abs().max() + 1e-3
     with autocast("bf16"):  # the bodies really run in bf16 (else the setting would do nothing)
         assert policy.critic.q_networks[0][0](torch.cat([obs, action], 1)).dtype == torch.bfloat16
+
+
+def test_walker_and_dclaw_collect_in_fp32(walker_home):
+    """Their published datasets were made in fp32 (collectors/config.py, "Precision")."""
+    from lompo_bench.collectors import config
+
+    result = json.loads((sac.run_dir("walker", 0, "smoke") / "result.json").read_text())
+    assert result["sac_config"]["precision"] == "fp32"
+    assert {env: config.sac_config(env).precision for env in config.ENV_NAMES} == {
+        "walker": "fp32", "dclaw-screw": "fp32", "adroit-pen": "bf16", "sawyer-door": "bf16"}
