@@ -22,7 +22,9 @@ from lompo_bench.algorithms.precision import Fp32Linear
 
 
 def fp32_copy(layer: nn.Linear) -> Fp32Linear:
-    new = Fp32Linear(layer.in_features, layer.out_features, bias=layer.bias is not None)
+    """The same layer as `Fp32Linear`. Built with `skip_init`: a fresh initialization would draw
+    from torch's RNG and shift every later draw, so the run would no longer be SB3's."""
+    new = nn.utils.skip_init(Fp32Linear, layer.in_features, layer.out_features, bias=layer.bias is not None)
     new.load_state_dict(layer.state_dict())
     return new
 

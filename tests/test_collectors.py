@@ -340,3 +340,25 @@ def test_walker_and_dclaw_collect_in_fp32(walker_home):
     assert result["sac_config"]["precision"] == "fp32"
     assert {env: config.sac_config(env).precision for env in config.ENV_NAMES} == {
         "walker": "fp32", "dclaw-screw": "fp32", "adroit-pen": "bf16", "sawyer-door": "bf16"}
+
+
+def test_collector_policy_is_initialized_exactly_as_sb3s():
+    """Swapping the output layers draws nothing from torch's RNG: with the same seed the policy's
+    weights equal SB3's own `SACPolicy`'s, so an fp32 run (walker, D'Claw) rebuilds the datasets
+    the SB3-policy collector made bit for bit."""
+    import gymnasium as gym
+    import numpy as np
+    import torch
+    from stable_baselines3.sac.policies import SACPolicy
+
+    from lompo_bench.collectors.sac_policy import CollectorSACPolicy
+
+    spaces = (gym.spaces.Box(-1, 1, (7,), np.float32), gym.spaces.Box(-1, 1, (3,), np.float32), lambda _: 3e-4)
+    weights = []
+    for cls in (SACPolicy, CollectorSACPolicy):
+        torch.manual_seed(0)
+        weights.append(cls(*spaces, net_arch=[16, 16]).state_dict())
+        weights.append(torch.rand(3))  # the RNG is where SB3's leaves it
+    assert weights[0].keys() == weights[2].keys()
+    assert all(torch.equal(weights[0][k], weights[2][k]) for k in weights[0])
+    assert torch.equal(weights[1], weights[3])
