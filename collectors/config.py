@@ -27,7 +27,12 @@ Adroit Pen and Door Open, measured first with the bf16 step, collect in bf16.
   rose to 2729 but the deterministic policy first opened the door at 85k-90k (success on 29 and
   49 of 125 steps) and lost it again at 95k-100k, so the final policy scored 0 = random. 300k is
   the next budget to measure (unverified).
-- ``adroit-pen``, 150k steps: not measured yet.
+- ``adroit-pen``, 150k steps: measured (bf16 step, at d50fb63) and NOT enough: the deterministic
+  evaluation return (5 identical fixed-reset episodes) swings between -786 and 9428 (115k) and
+  the final policy drops the pen (-786, below the uniform-random policy's -690; the untrained
+  policy, which holds still, gets -44). SAC from state on the dense pen reward is unstable here;
+  the next budget to try keeps 150k but needs a steadier learner (figure:
+  ``sac_adroit-pen_cpu_seed0_eval_150k-unstable.png``).
 
 ``paper`` uses the paper's dataset sizes (Appendix A: Walker 100K, D'Claw 180K, Adroit 1M,
 Sawyer 50K transitions) and SAC budgets long enough to reach expert level (estimates, meant
