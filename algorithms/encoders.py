@@ -181,12 +181,12 @@ class ConvDecoder(nn.Module):
     def forward(self, features: torch.Tensor) -> torch.Tensor:
         batch_shape = features.shape[:-1]
         x = self._first_layer_as_matmul(self.project(features).reshape(-1, self.embed_channels))
-        fp32_small_maps = x.device.type == "cpu" and torch.is_autocast_enabled("cpu")
+        cpu_bf16 = x.device.type == "cpu" and torch.is_autocast_enabled("cpu")
         for layer in self.net[1:]:
-            if fp32_small_maps and isinstance(layer, nn.ConvTranspose2d) and x.shape[-1] < self.CPU_FP32_BELOW:
+            if cpu_bf16 and isinstance(layer, nn.ConvTranspose2d) and x.shape[-1] < self.CPU_FP32_BELOW:
                 with torch.autocast("cpu", enabled=False):
                     x = layer(x.float())
-            elif fp32_small_maps and isinstance(layer, nn.ConvTranspose2d) and self._subpixel_applies(layer):
+            elif cpu_bf16 and isinstance(layer, nn.ConvTranspose2d) and self._subpixel_applies(layer):
                 x = self._subpixel(layer, x)
             else:
                 x = layer(x)

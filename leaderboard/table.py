@@ -12,8 +12,8 @@ a 95% stratified-bootstrap interval (`scoring`), and the paper's IQM over the sa
 
 A cell marked ``†`` has runs published with ``--no-verify`` (dataset not re-verified).
 Scores on different datasets never average: where a profile's (env, split) has runs on more than
-one version of its dataset (different content checksums, e.g. collected on machines whose CPUs
-round differently, so their SAC runs diverged), each version is a row of its own, its split
+one version of its dataset (different content checksums, e.g. collected by a collector that
+rounds differently, so its SAC run diverged), each version is a row of its own, its split
 labelled with the checksum (``medium-expert (data 853c5646)``).
 A seed published more than once for the same (algorithm, env, split, profile) counts once,
 with its latest row (by run timestamp), so re-running a seed replaces it in the table while

@@ -25,7 +25,7 @@ A sweep is planned, then run:
   profile, made on a dataset with the same checksum) is not trained again, wherever that row
   was made. Run directories stay on the machine that
   made them, the CSV travels (a git checkout), and the collectors rebuild a dataset bit for bit
-  on one machine type: so the same sweep command, run on fresh machines one after another,
+  with the same code: so the same sweep command, run on fresh machines one after another,
   builds the table up instead of retraining it. Checked in the worker, once the job's dataset
   exists (a sweep may be collecting it). Rows do not record ``--set`` values, so a grid with
   ``--set`` cannot skip published rows.
