@@ -78,6 +78,14 @@ def collect(env, split, threads, **opts):
     for name in names:
         # --out: a .zarr path is the store itself; anything else is a folder holding <split>.zarr
         opts["out"] = None if out is None else (out if out.suffix == ".zarr" else out / f"{name}.zarr")
+        if split == "all" and not opts["overwrite"]:
+            from lompo_bench import paths
+            from .collect import keep_finished
+
+            target = opts["out"] or paths.dataset_path(env, name, opts["profile"])
+            if keep_finished(Path(target), env, name, opts["profile"]):
+                click.echo(f"kept {target} (finished)")
+                continue
         path = SPLIT_WRITERS[name](env, name, opts)
         click.echo(f"wrote {path}")
 

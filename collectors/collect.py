@@ -46,20 +46,45 @@ def env_block(env: str, profile: str, image_size: int) -> dict:
     return block
 
 
-def check_target(path: Path, overwrite: bool) -> None:
-    """An existing complete store is replaced only with ``overwrite``; an incomplete one resumes."""
+def finished_attrs(path: Path) -> dict | None:
+    """The attributes of a finished (finalized) store at ``path``; None if there is none."""
     from lompo_bench.store.writer import is_store
 
-    if overwrite or not path.exists() or not is_store(path):
-        return
+    if not path.exists() or not is_store(path):
+        return None
     import zarr
 
     try:
-        complete = bool(zarr.open_group(str(path), mode="r").attrs.get("complete", False))
+        attrs = dict(zarr.open_group(str(path), mode="r").attrs)
     except Exception:
-        complete = False
-    if complete:
+        return None
+    return attrs if attrs.get("complete", False) else None
+
+
+def check_target(path: Path, overwrite: bool) -> None:
+    """An existing complete store is replaced only with ``overwrite``; an incomplete one resumes."""
+    if not overwrite and finished_attrs(path) is not None:
         raise UserError(f"{path} already exists; pass --overwrite to replace it, or choose another --out")
+
+
+def keep_finished(path: Path, env: str, split: str, profile: str) -> bool:
+    """True if ``path`` is a finished store of this split made with the profile's SAC budget.
+
+    ``collect ENV --split all`` re-run after an interruption keeps such stores and goes on
+    with the rest; a finished store from another SAC budget is an error, never silently kept.
+    """
+    attrs = finished_attrs(path)
+    if attrs is None:
+        return False
+    made = (attrs.get("split"), attrs.get("profile"), attrs.get("env", {}).get("name"))
+    if made != (split, profile, env):
+        raise UserError(f"{path} is a finished store of {'/'.join(map(str, made))}, not {split}/{profile}/{env}; "
+                        f"pass --overwrite to replace it, or choose another --out")
+    steps = attrs.get("collector", {}).get("sac_steps")
+    if split in SAC_SPLITS and steps != get_budget(env, profile).sac_steps:
+        raise UserError(f"{path} was made from a {steps}-step SAC run, the {profile} profile trains "
+                        f"{get_budget(env, profile).sac_steps}; pass --overwrite to rewrite it")
+    return True
 
 
 def _rows_to_arrays(rows: dict[str, np.ndarray], env: str, image_size: int) -> dict[str, np.ndarray]:

@@ -83,6 +83,9 @@ class SACConfig:
     # "bf16": the gradient step's MLP bodies in bf16 autocast, Q / mean / log-std output layers and
     # losses in fp32 (collectors/sac_policy.py); "fp32": SB3's numerics. Acting is always fp32.
     precision: str = "bf16"
+    # SAC learns from the training reward times this; the replay log, the evaluation returns and
+    # the datasets keep the unscaled reward. 1.0 is SB3's (a multiply by 1.0 is exact).
+    reward_scale: float = 1.0
 
 
 # What reaches expert level on each task, from state.
@@ -92,8 +95,11 @@ SAC_CONFIGS: dict[str, SACConfig] = {
     "walker": SACConfig(precision="fp32"),
     # ROBEL D'Claw: ROBEL's own SAC baseline settings (256x256, lr 3e-4, gamma 0.99); fp32 as walker.
     "dclaw-screw": SACConfig(precision="fp32"),
-    # Adroit pen with dense reward, fixed goal: a larger network and a longer horizon.
-    "adroit-pen": SACConfig(net_arch=(512, 512), gamma=0.99),
+    # Adroit pen with dense reward, fixed goal: a larger network; the reward scaled by 0.05 for
+    # SAC, because an agent step earns up to 244 (-32 when the pen drops) and at scale 1 the
+    # critic's targets reached ~9,000 and its policy swung from holding the pen at the goal to
+    # dropping it (module docstring). 0.05 puts Q near walker's range (a few hundred).
+    "adroit-pen": SACConfig(net_arch=(512, 512), gamma=0.99, reward_scale=0.05),
     # Meta-World door-open on the dense shaped reward: Meta-World's SAC baselines use
     # 400x400 MLPs; gamma 0.99.
     "sawyer-door": SACConfig(net_arch=(400, 400)),

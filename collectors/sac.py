@@ -200,9 +200,10 @@ class RecordingStateEnv(gym.Wrapper):
     """Exposes ``state`` only, rewards with the training reward, resets episode ``i`` with
     ``episode_seed(seed, i)`` (whatever seed the caller passes) and records every row."""
 
-    def __init__(self, env: gym.Env, seed: int, log, stream: int = 0):
+    def __init__(self, env: gym.Env, seed: int, log, stream: int = 0, reward_scale: float = 1.0):
         super().__init__(env)
         self.stream = stream
+        self.reward_scale = float(reward_scale)
         self.observation_space = env.observation_space["state"]
         self.run_seed = seed
         self.log = log
@@ -240,7 +241,7 @@ class RecordingStateEnv(gym.Wrapper):
         self.total_steps += 1
         shaped = info.get("shaped_reward", 0.0) if self.has_shaped else None
         self._record(obs, info, action, reward, shaped, False, terminated or truncated, terminated)
-        return obs["state"], train_reward(reward, info), terminated, truncated, info
+        return obs["state"], train_reward(reward, info) * self.reward_scale, terminated, truncated, info
 
 
 # -- evaluation ---------------------------------------------------------------------------------
@@ -390,12 +391,29 @@ def check_trained_to_budget(result: dict, env: str, seed: int, profile: str, bud
     """A finished run trained for fewer steps than the profile's budget now asks (the budget was
     raised after it ran) is not an expert by today's definition: never reused silently."""
     steps = int(result.get("sac_steps", budget.sac_steps))
+    trained, wanted = result.get("sac_config", {}), _asdict(effective_config(env, budget))
+    changed = [k for k in ALGORITHM_KEYS if k in trained and _same_value(trained[k]) != _same_value(wanted[k])]
+    if trained.get("reward_scale", 1.0) != wanted["reward_scale"]:
+        changed.append("reward_scale")
+    if changed:
+        folder = run_dir(env, seed, profile)
+        raise UserError(f"the SAC run {folder} was trained with other settings ({', '.join(changed)}) than "
+                        f"collectors/config.py now gives {env}: move {folder} and the {env} {profile} datasets "
+                        f"made from it ({paths.datasets_dir() / profile / env}) aside to retrain")
     if steps < budget.sac_steps:
         folder = run_dir(env, seed, profile)
         raise UserError(f"the SAC run {folder} was trained for {steps} steps, but the {profile} budget of {env} is "
                         f"now {budget.sac_steps} (collectors/config.py): delete {folder} and the {env} {profile} "
                         f"datasets made from it ({paths.datasets_dir() / profile / env}) to retrain with the budget")
     return result
+
+
+# The settings that make a SAC run a different algorithm (a finished run with others is not reused).
+ALGORITHM_KEYS = ("learning_rate", "batch_size", "gamma", "tau", "net_arch", "ent_coef")
+
+
+def _same_value(v):
+    return list(v) if isinstance(v, (list, tuple)) else v
 
 
 def effective_config(env: str, budget: CollectBudget) -> SACConfig:
@@ -558,7 +576,7 @@ def _train(env, seed, profile, budget, cfg, folder, progress, stop_after) -> dic
     torch.set_num_threads(1)
     ckpt = latest_checkpoint(folder)
     log = ReplayLog(folder / "log", budget.log_chunk_rows)
-    wrapper = RecordingStateEnv(make_env(env, budget), seed, log)
+    wrapper = RecordingStateEnv(make_env(env, budget), seed, log, reward_scale=cfg.reward_scale)
     vec_env = DummyVecEnv([lambda: wrapper])
     eval_env = make_env(env, budget)
 
