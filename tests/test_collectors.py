@@ -227,6 +227,66 @@ def test_existing_store_is_kept_without_overwrite(walker_home):
     assert Dataset.open(store("walker", "medium-replay")).checksum == before
 
 
+def test_rerun_of_split_all_keeps_the_finished_stores(walker_home):
+    """The command printed as resumable resumes: `--split all` run again after an interruption
+    keeps each finished split (the same checksum) and goes on; a finished store from another
+    SAC budget is refused with an error line, never kept silently."""
+    before = {s: Dataset.open(store("walker", s)).checksum for s in SAC_SPLITS + ("random",)}
+    result = invoke("collect", "walker", "--split", "all", "--profile", "smoke")
+    assert result.exit_code == 0, result.output
+    for s, checksum in before.items():
+        assert f"kept {store('walker', s)} (finished)" in result.output
+        assert Dataset.open(store("walker", s)).checksum == checksum
+    import zarr
+
+    group = zarr.open_group(str(store("walker", "expert")), mode="r+")
+    collector = dict(group.attrs["collector"])
+    steps = collector["sac_steps"]
+    group.attrs["collector"] = {**collector, "sac_steps": steps - 100}
+    try:
+        result = invoke("collect", "walker", "--split", "all", "--profile", "smoke")
+        assert result.exit_code == 2 and "Traceback" not in result.output, result.output
+        last = result.output.strip().splitlines()[-1]  # after the "kept" lines of the splits before it
+        assert last.startswith(f"error: {store('walker', 'expert')} was made from a {steps - 100}-step SAC run")
+        assert "--overwrite" in last
+    finally:
+        group.attrs["collector"] = collector
+
+
+def test_sac_learns_from_the_scaled_reward_and_logs_the_reward():
+    """SACConfig.reward_scale (Adroit Pen 0.05): SAC's reward is the training reward times the
+    scale, the replay log keeps the env's reward."""
+    from lompo_bench.collectors import config
+
+    assert config.sac_config("adroit-pen").reward_scale == 0.05
+    assert {config.sac_config(e).reward_scale for e in ("walker", "dclaw-screw", "sawyer-door")} == {1.0}
+    rows = []
+    log = type("Log", (), {"append": staticmethod(rows.append)})()
+    env = sac.RecordingStateEnv(sac.make_env("adroit-pen", config.budget("adroit-pen", "smoke")), 0, log,
+                                reward_scale=0.05)
+    env.reset()
+    _, scaled, _, _, info = env.step(env.action_space.sample())
+    env.close()
+    assert scaled == pytest.approx(0.05 * float(rows[-1]["reward"]), rel=1e-6) and scaled != 0.0
+
+
+def test_a_finished_run_with_other_sac_settings_is_not_reused(tmp_path, monkeypatch):
+    """A run trained before a setting changed (Adroit Pen's reward scale) is refused in one line."""
+    from cli_checks import assert_one_line_error
+
+    monkeypatch.setenv("LOMPO_BENCH_HOME", str(tmp_path))
+    budget = sac.get_budget("adroit-pen", "smoke")
+    folder = sac.run_dir("adroit-pen", 0, "smoke")
+    folder.mkdir(parents=True)
+    cfg = sac._asdict(sac.effective_config("adroit-pen", budget))
+    cfg.pop("reward_scale")  # a run from before the setting existed: scale 1
+    (folder / "result.json").write_text(json.dumps({"env": "adroit-pen", "seed": 0, "sac_steps": budget.sac_steps,
+                                                    "sac_config": cfg}))
+    result = invoke("collect", "adroit-pen", "--split", "expert", "--profile", "smoke")
+    assert_one_line_error(result, "trained with other settings (reward_scale)", f"move {folder}")
+    assert not (tmp_path / "datasets" / "smoke" / "adroit-pen" / "expert.zarr").exists()
+
+
 @pytest.mark.parametrize("damage", ["pointer", "model"])
 def test_corrupt_checkpoint_is_one_line_and_kept(damage, tmp_path, monkeypatch):
     monkeypatch.setenv("LOMPO_BENCH_HOME", str(tmp_path))
