@@ -8,7 +8,14 @@ before the fast path. Fast path (the default, `precision="bf16"`): bf16 autocast
 bodies with fp32 output layers and losses, the decoder's first transposed convolution as the
 matrix product it is on a 1x1 map and its image layer as a sub-pixel convolution, channels-last
 maps, in-place conv activations, frames preprocessed once, a fused image likelihood and fused
-Adam (algorithms/precision.py, encoders.py, networks.adam).
+Adam (algorithms/precision.py, encoders.py, networks.adam). This process keeps glibc's heap
+defaults throughout, as a plain Python process has them.
+
+Heap settings (lompo_bench/allocator.py, what every training process applies) cannot be undone
+inside a process (glibc then stops adjusting its thresholds), so they are timed apart: the
+fast-path model step and BC update in fresh child processes, alternately with glibc's defaults
+(``LOMPO_BENCH_MALLOC=default``) and with the settings; the last column multiplies the two
+speedups (code path in this process x heap settings in the children).
 
 Timed, at the `cpu` profile's sizes and walker's 64 px frames, on random inputs (speed does
 not depend on the pixels):
@@ -22,7 +29,7 @@ not depend on the pixels):
 Rounds interleave every contender (reference, fast, reference, fast, ...) and each figure is
 the median over rounds, so both sides get the same share of whatever else the machine runs.
 
-    python benchmarks/bench_fastpath.py [--quick] [--rounds 5] [--threads 1]
+    python benchmarks/bench_fastpath.py [--quick] [--rounds 5] [--threads 1] [--heap-rounds 2]
 Writes bench-output/bench_fastpath.json.
 """
 
@@ -198,6 +205,43 @@ def count_flops(step) -> int:
     return counter.get_total_flops()
 
 
+HEAP_TIMED = {"model step": 6, "BC update": 40}  # fast-path steps timed per child process
+
+
+def heap_child(name: str, iters: int) -> float:
+    """Seconds per fast-path step of `name` in this (fresh) process, after warm-up."""
+    from lompo_bench import allocator
+
+    allocator.tune()  # a no-op under LOMPO_BENCH_MALLOC=default
+    build = {"model step": lambda kind: model_step(kind)[0], "BC update": bc_update}[name]
+    update = build_contender(build, "fast")
+    for _ in range(4):
+        update()
+    t0 = time.perf_counter()
+    for _ in range(iters):
+        update()
+    return (time.perf_counter() - t0) / iters
+
+
+def heap_speedups(names, rounds: int, threads: int) -> dict:
+    """Per name: median seconds per step with glibc's defaults and with the heap settings,
+    each in fresh child processes, alternating default / tuned `rounds` times."""
+    import os
+    import subprocess
+
+    out = {}
+    for name in names:
+        runs = {"default": [], "tuned": []}
+        for _ in range(rounds):
+            for heap in runs:
+                env = {**os.environ, "LOMPO_BENCH_MALLOC": "default" if heap == "default" else "tuned"}
+                child = subprocess.run([sys.executable, __file__, "--heap-child", name, "--threads", str(threads)],
+                                       env=env, capture_output=True, text=True, check=True)
+                runs[heap].append(float(child.stdout.strip().splitlines()[-1]))
+        out[name] = {heap: statistics.median(v) for heap, v in runs.items()} | {"rounds_s": runs}
+    return out
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="3 rounds of fewer iterations (about 1-2 min)")
@@ -206,9 +250,15 @@ def main(argv=None) -> int:
                         help="torch CPU threads (default 1; more only on an idle machine: on shared cores extra "
                              "threads spin-wait and run many times slower)")
     parser.add_argument("--only", default=None, help="comma-separated subset: model,sac,deterministic,cql,bc")
+    parser.add_argument("--heap-rounds", type=int, default=None,
+                        help="default/tuned child-process pairs per timed update (default 2; --quick 1; 0: skip)")
+    parser.add_argument("--heap-child", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--out", default=str(ROOT / "bench-output" / "bench_fastpath.json"))
     args = parser.parse_args(argv)
     torch.set_num_threads(max(1, args.threads))
+    if args.heap_child:
+        print(heap_child(args.heap_child, HEAP_TIMED[args.heap_child]))
+        return 0
     rounds = args.rounds or (3 if args.quick else 5)
     # Iterations per round and contender: ~1 s of work each at the cpu sizes.
     agent_iters = 10 if args.quick else 20
@@ -254,18 +304,39 @@ def main(argv=None) -> int:
     for r in rows:
         print(f"| {r['what']} | {r['sizes']} | {1e3 * r['reference_s']:.1f} ms | {1e3 * r['fast_s']:.1f} ms "
               f"| {r['speedup']:.2f}x |")
+    heap_rounds = args.heap_rounds if args.heap_rounds is not None else (1 if args.quick else 2)
+    heap = heap_speedups([n for n in HEAP_TIMED if n in builders], heap_rounds, torch.get_num_threads()) if heap_rounds > 0 else {}
+    if heap:
+        print("\nHeap settings (lompo_bench/allocator.py), fast path, fresh child processes; median of "
+              f"{heap_rounds} default/tuned pairs")
+        print("| update | glibc defaults | heap settings | heap speedup | code path x heap |")
+        print("| --- | --- | --- | --- | --- |")
+        for r in rows:
+            if r["what"] in heap:
+                h = heap[r["what"]]
+                r["heap"] = h
+                r["heap_speedup"] = h["default"] / h["tuned"]
+                r["total_speedup"] = r["speedup"] * r["heap_speedup"]
+                print(f"| {r['what']} | {1e3 * h['default']:.1f} ms | {1e3 * h['tuned']:.1f} ms "
+                      f"| {r['heap_speedup']:.2f}x | {r['total_speedup']:.2f}x |")
     gflops = {}
     model = next((r for r in rows if r["what"] == "model step"), None)
     if model is not None:  # the achieved rate against a matmul timed now, on the same machine state
-        flops = count_flops(model_step("fast")[0])
+        # The model's own work: the reference's FLOPs (the sub-pixel layers compute a few more).
+        flops = count_flops(model_step("reference")[0])
         bf16_rate, fp32_rate = matmul_rate(torch.bfloat16), matmul_rate(torch.float32)
         gflops = {"model_step_gflop": flops / 1e9, "reference_gflop_per_s": flops / 1e9 / model["reference_s"],
                   "fast_gflop_per_s": flops / 1e9 / model["fast_s"], "bf16_matmul_gflop_per_s": bf16_rate,
                   "fp32_matmul_gflop_per_s": fp32_rate}
+        if "heap" in model:  # the rate a training process gets
+            gflops["fast_heap_gflop_per_s"] = flops / 1e9 / model["heap"]["tuned"]
         print(f"\nmodel step: {gflops['model_step_gflop']:.1f} GFLOP (forward + backward); reference "
               f"{gflops['reference_gflop_per_s']:.0f} GFLOP/s, fast path {gflops['fast_gflop_per_s']:.0f} GFLOP/s = "
               f"{gflops['fast_gflop_per_s'] / bf16_rate:.2f} of a bf16 matmul ({bf16_rate:.0f} GFLOP/s; fp32 matmul "
               f"{fp32_rate:.0f} GFLOP/s)")
+        if "fast_heap_gflop_per_s" in gflops:
+            print(f"with the heap settings: {gflops['fast_heap_gflop_per_s']:.0f} GFLOP/s = "
+                  f"{gflops['fast_heap_gflop_per_s'] / bf16_rate:.2f} of the bf16 matmul")
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({"threads": torch.get_num_threads(), "rounds": rounds, "rows": rows, **gflops},

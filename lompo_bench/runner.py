@@ -703,12 +703,16 @@ def score_or_reason(ret: float, random_return, expert_return) -> tuple[float | N
 
 
 def set_torch_threads(threads: int) -> int:
-    """`--threads N`: torch's intra-op threads for this job (see THREADS_HELP)."""
+    """`--threads N`: torch's intra-op threads for this job (see THREADS_HELP), and the heap
+    settings of a training process (`allocator.tune`)."""
     if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
         raise UserError(f"--threads must be an integer >= 1, got {threads!r}")
     import torch
 
+    from . import allocator
+
     torch.set_num_threads(threads)
+    allocator.tune()
     return threads
 
 

@@ -342,7 +342,10 @@ def run_job(spec: dict, status=None) -> dict:
     job (the outcome says what failed), so the driver can tell job failures from lost workers."""
     import torch
 
+    from . import allocator
+
     torch.set_num_threads(1)
+    allocator.tune()
     if status is not None:
         status.started.remote(spec["key"], time.time())
     log = log_path_of(spec)

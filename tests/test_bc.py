@@ -128,6 +128,20 @@ def test_random_shift_moves_each_image_within_pad_and_keeps_content():
     assert random_shift(uint8, 4).dtype == torch.uint8
 
 
+def test_random_shift_crop_path_equals_the_gathers():
+    """On the CPU the shift pads once and crops each image; it equals the two gathers the
+    other devices run, for frames, sequences and channels-first maps (whose layout it keeps)."""
+    from lompo_bench.algorithms import augment
+
+    frames = torch.randint(0, 255, (6, 3, 16, 16, 3), dtype=torch.uint8)
+    maps = torch.randn(6, 3, 16, 16).contiguous(memory_format=torch.channels_last)
+    for images, (h_dim, w_dim), channels_last in ((frames, (-3, -2), True), (maps, (-2, -1), False)):
+        offsets = torch.randint(-3, 4, (6, 2), generator=torch.Generator().manual_seed(1))
+        crop = random_shift(images, 3, channels_last=channels_last, generator=torch.Generator().manual_seed(1))
+        assert torch.equal(crop, augment._gather_shift(images, offsets, h_dim, w_dim))
+        assert crop.stride() == images.stride()
+
+
 def translate(frame, dy, dx):
     h, w = frame.shape
     rows = (torch.arange(h) + dy).clamp(0, h - 1)

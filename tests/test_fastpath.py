@@ -143,14 +143,16 @@ def test_decoder_rewrite_is_the_original_function(image_size):
     assert (fast_bf16.float() - ref).abs().max() < 0.05 * ref.abs().max()
 
 
+@pytest.mark.parametrize("out_channels", [3, 16])
 @pytest.mark.parametrize("kernel", [2, 4, 6])
-def test_subpixel_image_layer_is_the_transposed_convolution(kernel):
+def test_subpixel_layer_is_the_transposed_convolution(kernel, out_channels):
     torch.manual_seed(0)
-    layer = nn.ConvTranspose2d(5, 3, kernel_size=kernel, stride=2)
+    layer = nn.ConvTranspose2d(5, out_channels, kernel_size=kernel, stride=2)
     assert ConvDecoder._subpixel_applies(layer)
-    x = torch.randn(2, 5, 7, 7, requires_grad=True)
+    x = torch.randn(2, 5, 7, 7).contiguous(memory_format=torch.channels_last).requires_grad_()
     fast, ref = ConvDecoder._subpixel(layer, x), layer(x)
-    assert fast.shape == ref.shape == (2, 3, 2 * 6 + kernel, 2 * 6 + kernel)
+    assert fast.shape == ref.shape == (2, out_channels, 2 * 6 + kernel, 2 * 6 + kernel)
+    assert fast.is_contiguous(memory_format=torch.channels_last)
     torch.testing.assert_close(fast, ref, rtol=1e-5, atol=1e-5)
     upstream = torch.randn_like(ref)
     for a, b in zip(torch.autograd.grad(fast, [x, *layer.parameters()], upstream),
@@ -158,7 +160,7 @@ def test_subpixel_image_layer_is_the_transposed_convolution(kernel):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
     # Odd kernels, padding and wide outputs keep the transposed convolution.
     for other in (nn.ConvTranspose2d(5, 3, 5, stride=2), nn.ConvTranspose2d(5, 3, 4, stride=2, padding=1),
-                  nn.ConvTranspose2d(5, 8, 6, stride=2)):
+                  nn.ConvTranspose2d(5, ConvDecoder.SUBPIXEL_MAX_OUT + 1, 6, stride=2)):
         assert not ConvDecoder._subpixel_applies(other)
 
 
