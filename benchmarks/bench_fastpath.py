@@ -205,6 +205,10 @@ def count_flops(step) -> int:
     return counter.get_total_flops()
 
 
+# What is timed: name -> build(kind) returning the update closure.
+BUILDERS = {"model step": lambda kind: model_step(kind)[0], "latent SAC update": agent_update,
+            "deterministic agent update": lambda kind: agent_update(kind, "deterministic"),
+            "CQL update": cql_update, "BC update": bc_update}
 HEAP_TIMED = {"model step": 6, "BC update": 40}  # fast-path steps timed per child process
 
 
@@ -213,8 +217,7 @@ def heap_child(name: str, iters: int) -> float:
     from lompo_bench import allocator
 
     allocator.tune()  # a no-op under LOMPO_BENCH_MALLOC=default
-    build = {"model step": lambda kind: model_step(kind)[0], "BC update": bc_update}[name]
-    update = build_contender(build, "fast")
+    update = build_contender(BUILDERS[name], "fast")
     for _ in range(4):
         update()
     t0 = time.perf_counter()
@@ -264,9 +267,7 @@ def main(argv=None) -> int:
     agent_iters = 10 if args.quick else 20
     iters = {"model step": 1, "latent SAC update": agent_iters, "deterministic agent update": agent_iters,
              "CQL update": 2 if args.quick else 4, "BC update": 4 if args.quick else 8}
-    builders = {"model step": lambda kind: model_step(kind)[0], "latent SAC update": agent_update,
-                "deterministic agent update": lambda kind: agent_update(kind, "deterministic"),
-                "CQL update": cql_update, "BC update": bc_update}
+    builders = dict(BUILDERS)
     if args.only:
         keep = {"model": "model step", "sac": "latent SAC update", "deterministic": "deterministic agent update",
                 "cql": "CQL update", "bc": "BC update"}

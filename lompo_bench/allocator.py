@@ -27,8 +27,6 @@ M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3
 # every block up to 32 MiB comes from the heap. Larger ones (the paper profile's biggest
 # activations) are still mmapped, but are few per step relative to their work.
 TUNED = {M_MMAP_THRESHOLD: 32 * 1024 * 1024, M_TRIM_THRESHOLD: 1024 * 1024 * 1024}
-# glibc's start-up values (fixed, without its dynamic adjustment): the benchmark's reference side.
-DEFAULTS = {M_MMAP_THRESHOLD: 128 * 1024, M_TRIM_THRESHOLD: 128 * 1024}
 ENV_VAR = "LOMPO_BENCH_MALLOC"
 
 
@@ -55,8 +53,3 @@ def tune() -> bool:
     if os.environ.get(ENV_VAR, "").strip().lower() == "default":
         return False
     return _set(TUNED)
-
-
-def use_defaults() -> bool:
-    """glibc's start-up thresholds (what a process has before `tune`); True if applied."""
-    return _set(DEFAULTS)

@@ -340,12 +340,9 @@ def published_row(csv_path, algo: str, env: str, split: str, seed: int, profile:
 def run_job(spec: dict, status=None) -> dict:
     """One job in a worker: its output to its log, one torch thread; never raises for a failed
     job (the outcome says what failed), so the driver can tell job failures from lost workers."""
-    import torch
+    from .runner import set_torch_threads
 
-    from . import allocator
-
-    torch.set_num_threads(1)
-    allocator.tune()
+    set_torch_threads(1)  # and the heap settings of a training process, as `run` applies them
     if status is not None:
         status.started.remote(spec["key"], time.time())
     log = log_path_of(spec)
