@@ -30,7 +30,8 @@ the reward head over the K heads' samples; the disagreement penalty (`penalty` s
   - "log_prob" (authors' default): the std across heads of each head's log-probability of the
     sampled next stochastic state;
   - "max_var": the largest (over heads) L2 norm of a head's std vector (MOPO's max aleatoric);
-  - "mean": the largest (over heads) L2 distance of a head's mean from the ensemble mean.
+  - "mean": the mean (over heads) L2 distance of a head's mean from the ensemble mean, as the
+    authors' code computes it (their `mean_disagreement`).
 Penalised reward = mean reward - lambda * penalty. All of it stays on the device: no host syncs.
 
 Precision (`precision.py`): every method runs under bf16 autocast on the fast path. The state
@@ -87,7 +88,7 @@ def disagreement(kind: str, means: torch.Tensor, stds: torch.Tensor, sample: tor
     if kind == "max_var":
         return stds.norm(dim=-1).amax(0)
     if kind == "mean":
-        return (means - means.mean(0, keepdim=True)).norm(dim=-1).amax(0)
+        return (means - means.mean(0, keepdim=True)).norm(dim=-1).mean(0)
     from lompo_bench.errors import choice_error
 
     raise choice_error("penalty", kind, PENALTIES)

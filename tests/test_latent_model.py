@@ -186,6 +186,19 @@ def test_penalty_is_zero_when_all_heads_agree(walker_store):
         disagreement("bogus", info["means"], info["stds"], info["means"][0])
 
 
+def test_penalties_on_hand_made_heads():
+    # Three heads, one sample, 2-d state: head means (0, 0), (2, 0), (4, 0) -> ensemble mean (2, 0);
+    # distances 2, 0, 2. "mean" is the authors' mean over heads (4 / 3), "max_var" the widest head.
+    means = torch.tensor([[[0.0, 0.0]], [[2.0, 0.0]], [[4.0, 0.0]]])
+    stds = torch.tensor([[[1.0, 1.0]], [[3.0, 4.0]], [[1.0, 2.0]]])
+    sample = torch.tensor([[2.0, 0.0]])
+    assert torch.allclose(disagreement("mean", means, stds, sample), torch.tensor([4.0 / 3.0]))
+    assert torch.allclose(disagreement("max_var", means, stds, sample), torch.tensor([5.0]))
+    log_probs = torch.stack([torch.distributions.Normal(means[k, 0], stds[k, 0]).log_prob(sample[0]).sum()
+                             for k in range(3)])
+    assert torch.allclose(disagreement("log_prob", means, stds, sample), log_probs.std(correction=0).view(1))
+
+
 def test_elbo_rises_and_penalty_grows_away_from_the_data(walker_store):
     torch.manual_seed(0)
     model = small_model(walker_store)
