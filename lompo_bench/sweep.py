@@ -423,6 +423,7 @@ class Sweep:
         self.jobs = {j.key: j for j in self.plan.jobs}
         self.t0 = time.time()
         self.slots = 1
+        self._priors: dict[tuple[str, str], float | None] = {}  # (algo, env) -> seconds, from the runs folder
 
     # -- events ------------------------------------------------------------------------------
 
@@ -452,17 +453,47 @@ class Sweep:
             counts[job.state] += 1
         return counts
 
-    def eta_seconds(self) -> float | None:
-        took = [j.seconds for j in self.jobs.values()
+    def expected_seconds(self, job: Job) -> float | None:
+        """How long a training job should take: the mean of this sweep's finished jobs of the same
+        algorithm, else the wall time of that algorithm's finished runs (same profile, same env if
+        any) already in the runs folder, else the mean of this sweep's finished jobs; None if none."""
+        done = [j for j in self.jobs.values()
                 if j.state == "done" and j.kind == "train" and j.seconds and j.published_row is None]
-        if not took:
-            return None
-        mean = sum(took) / len(took)
-        now = time.time()
-        running = [max(0.0, mean - (now - j.started)) for j in self.jobs.values()
-                   if j.state == "running" and j.kind == "train" and j.started]
-        queued = sum(1 for j in self.jobs.values() if j.state == "queued" and j.kind == "train")
-        return (sum(running) + queued * mean) / max(1, self.slots)
+        same = [j.seconds for j in done if j.algo == job.algo]
+        if same:
+            return sum(same) / len(same)
+        prior = self._prior_seconds(job)
+        if prior is not None:
+            return prior
+        return sum(j.seconds for j in done) / len(done) if done else None
+
+    def _prior_seconds(self, job: Job) -> float | None:
+        """Mean `wall_time_s` of the result.json files of finished runs like `job`'s (cached)."""
+        key = (job.algo, job.env)
+        if key not in self._priors:
+            self._priors[key] = None
+            profile_dir = job.run_dir.parents[2] if job.run_dir is not None else None  # runs/<algo>/<profile>
+            for pattern in (f"{job.env}/*/seed*/result.json", "*/*/seed*/result.json"):
+                walls = []
+                for path in sorted(profile_dir.glob(pattern)) if profile_dir is not None and profile_dir.is_dir() else []:
+                    with contextlib.suppress(OSError, ValueError, KeyError, TypeError):
+                        walls.append(float(json.loads(path.read_text())["wall_time_s"]))
+                if walls:
+                    self._priors[key] = sum(walls) / len(walls)
+                    break
+        return self._priors[key]
+
+    def eta_seconds(self) -> float | None:
+        """Time left for the training jobs (collection jobs are not estimated), spread over the slots."""
+        now, left = time.time(), 0.0
+        for job in self.jobs.values():
+            if job.kind != "train" or job.state not in ("queued", "running"):
+                continue
+            expected = self.expected_seconds(job)
+            if expected is None:
+                return None
+            left += max(0.0, expected - (now - job.started)) if job.state == "running" and job.started else expected
+        return left / max(1, self.slots)
 
     def summary_values(self) -> dict[str, str]:
         """What the live table and the status line show: counts, elapsed time, ETA."""

@@ -136,6 +136,25 @@ def test_plan_skips_finished_runs_but_not_ones_trained_with_other_settings(tmp_p
     assert Sweep(made).status_line() == "1 skipped, 5 queued, 0 running, 0 done, 1 failed; elapsed 0 s, ETA –"
 
 
+def test_eta_before_any_job_finishes_comes_from_finished_runs_in_the_runs_folder(tmp_path, monkeypatch):
+    monkeypatch.setenv("LOMPO_BENCH_HOME", str(tmp_path))
+    for seed, wall in ((0, 500.0), (1, 700.0)):  # earlier runs of bc on this env: 600 s on average
+        rd = run_dir(tmp_path, "bc", "expert", seed)
+        rd.mkdir(parents=True)
+        (rd / "config.json").write_text(json.dumps({"config": {}}))
+        (rd / "result.json").write_text(json.dumps({"wall_time_s": wall}))
+    sweep = Sweep(plan(Grid.parse("bc", ENV, "expert", "0-3", "smoke"), collect=True))
+    queued = [j for j in sweep.jobs.values() if j.kind == "train"]
+    assert [j.seed for j in queued] == [2, 3]
+    assert sweep.eta_seconds() == pytest.approx(1200.0)  # two queued jobs, one slot
+    queued[0].state, queued[0].started = "running", time.time() - 200
+    sweep.slots = 2
+    assert sweep.eta_seconds() == pytest.approx((400.0 + 600.0) / 2, abs=5)
+    assert sweep.status_line().endswith("ETA 8 min")
+    other = Sweep(plan(Grid.parse("cql", ENV, "expert", "0", "smoke"), collect=True))
+    assert other.eta_seconds() is None  # no cql run anywhere yet: no estimate rather than a guess
+
+
 def test_sweep_collects_trains_publishes_and_skips_finished(home, tmp_path):
     csv = tmp_path / "lb.csv"
     args = ("--algos", "bc", "--splits", "expert,random", "--seeds", "0", "--collect", "--publish", "--csv", str(csv))
