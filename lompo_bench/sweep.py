@@ -475,7 +475,7 @@ class Sweep:
             profile_dir = job.run_dir.parents[2] if job.run_dir is not None else None  # runs/<algo>/<profile>
             for pattern in (f"{job.env}/*/seed*/result.json", "*/*/seed*/result.json"):
                 walls = []
-                for path in sorted(profile_dir.glob(pattern)) if profile_dir is not None and profile_dir.is_dir() else []:
+                for path in profile_dir.glob(pattern) if profile_dir is not None else ():
                     with contextlib.suppress(OSError, ValueError, KeyError, TypeError):
                         walls.append(float(json.loads(path.read_text())["wall_time_s"]))
                 if walls:
