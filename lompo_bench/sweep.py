@@ -453,12 +453,10 @@ class Sweep:
             counts[job.state] += 1
         return counts
 
-    def expected_seconds(self, job: Job) -> float | None:
-        """How long a training job should take: the mean of this sweep's finished jobs of the same
-        algorithm, else the wall time of that algorithm's finished runs (same profile, same env if
-        any) already in the runs folder, else the mean of this sweep's finished jobs; None if none."""
-        done = [j for j in self.jobs.values()
-                if j.state == "done" and j.kind == "train" and j.seconds and j.published_row is None]
+    def expected_seconds(self, job: Job, done: list[Job]) -> float | None:
+        """How long a training job should take: the mean of this sweep's finished jobs (`done`) of the
+        same algorithm, else the wall time of that algorithm's finished runs (same profile, same env if
+        any) already in the runs folder, else the mean of `done`; None if none."""
         same = [j.seconds for j in done if j.algo == job.algo]
         if same:
             return sum(same) / len(same)
@@ -472,10 +470,10 @@ class Sweep:
         key = (job.algo, job.env)
         if key not in self._priors:
             self._priors[key] = None
-            profile_dir = job.run_dir.parents[2] if job.run_dir is not None else None  # runs/<algo>/<profile>
+            profile_dir = job.run_dir.parents[2]  # runs/<algo>/<profile>
             for pattern in (f"{job.env}/*/seed*/result.json", "*/*/seed*/result.json"):
                 walls = []
-                for path in profile_dir.glob(pattern) if profile_dir is not None else ():
+                for path in profile_dir.glob(pattern):
                     with contextlib.suppress(OSError, ValueError, KeyError, TypeError):
                         walls.append(float(json.loads(path.read_text())["wall_time_s"]))
                 if walls:
@@ -485,11 +483,13 @@ class Sweep:
 
     def eta_seconds(self) -> float | None:
         """Time left for the training jobs (collection jobs are not estimated), spread over the slots."""
+        train = [j for j in self.jobs.values() if j.kind == "train"]
+        done = [j for j in train if j.state == "done" and j.seconds and j.published_row is None]
         now, left = time.time(), 0.0
-        for job in self.jobs.values():
-            if job.kind != "train" or job.state not in ("queued", "running"):
+        for job in train:
+            if job.state not in ("queued", "running"):
                 continue
-            expected = self.expected_seconds(job)
+            expected = self.expected_seconds(job, done)
             if expected is None:
                 return None
             left += max(0.0, expected - (now - job.started)) if job.state == "running" and job.started else expected
