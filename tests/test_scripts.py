@@ -83,3 +83,29 @@ def test_dataset_report_reads_adroit_success_as_gymnasium_robotics_does():
     env.close()
     assert ours == theirs
     assert 0 < sum(theirs) < len(theirs)  # both outcomes occur
+
+
+def test_sac_report_bins_the_training_episodes_and_reads_the_evaluations(tmp_path, monkeypatch):
+    """sac-report on a real smoke SAC run of Adroit Pen: every finished training episode of the
+    replay log is counted once, with the pen-at-goal columns, and the evaluation line counts
+    evaluations against --above."""
+    import csv
+
+    from lompo_bench.collectors import sac
+
+    monkeypatch.setenv("LOMPO_BENCH_HOME", str(tmp_path))
+    result = sac.train("adroit-pen", 0, "smoke", progress=False)
+    run = sac.run_dir("adroit-pen", 0, "smoke")
+    with open(run / "eval.csv") as f:
+        curve = [float(r["mean_return"]) for r in csv.DictReader(f)]
+    threshold = sorted(curve)[len(curve) // 2]
+    out = script("sac-report.py", run, "--bin", "100", "--above", threshold)
+    rows = [line.split("|")[1:-1] for line in out.splitlines() if line.startswith("| ") and "episodes" not in line]
+    assert [r[0].strip() for r in rows][:2] == ["0-100", "100-200"]
+    episodes = sum(int(r[1]) for r in rows)
+    budget = sac.get_budget("adroit-pen", "smoke")
+    assert episodes == budget.sac_steps // budget.horizon  # 25-step smoke episodes, all finished
+    assert all(r[3].strip().endswith("%") and r[4].strip().endswith("%") for r in rows)
+    assert f"evaluations (deterministic): {len(curve)}" in out
+    assert f"{sum(r >= threshold for r in curve)} at or above {threshold:g}" in out
+    assert f"expert return {result['expert_return']:.1f}" in out
