@@ -31,14 +31,21 @@ Adroit Pen and Door Open, measured first with the bf16 step, collect in bf16.
   final one succeeds in all 5 evaluation episodes (return 26 vs random 0; shaped return 4397 vs
   286). Door's evaluation episodes are identical (fixed goal and reset), so success is all or
   none per evaluation; the split episodes vary through the policy's sampling noise.
-- ``adroit-pen``, 300k steps: measured (bf16 step, at 7b6e158, 95 min on a shared core of an
-  Intel Xeon): the final deterministic policy reaches the goal (return 9094 vs random -690) but the
-  evaluations swing between ~10,000 and below random from 115k on (16 of 38 above 8,000; all of
-  240k-295k below 0), and the stochastic expert reaches the goal in 11% of its episodes
-  (docs/datasets.md): a usable dataset, not yet a stable expert; a steadier recipe is open.
-  150k was measured (bf16 step, at d50fb63) and is
-  NOT enough: the deterministic evaluation return (5 identical fixed-reset episodes) swings
-  between -786 and 9428 (115k) and the final policy drops the pen (-786, below the uniform-random
+- ``adroit-pen``, 300k steps, 256 x 256 networks, gamma 0.95: measured (bf16 step, at 4d8c768,
+  73 min beside other jobs on an AMD EPYC; ``scripts/sac-report.py``): the deterministic policy
+  first holds the pen at the goal at 150k (the medium point), 26 of the 31 evaluations from 150k on
+  are above 8,000 and all ten from 255k on above 10,000; the final one 10454 (random -690). The
+  *stochastic* training episodes end with the pen at the goal in 66-84% of episodes from 180k to
+  250k and 94-99% from 250k on; figure ``sac_adroit-pen_cpu_seed0_eval.png``. Why gamma 0.95: an
+  episode is 50 agent steps, and with up to ~200 reward per agent step at the goal the Q values
+  can reach 200 / (1 - gamma): 20,000 at 0.99, 4,000 at 0.95. Beside it, 256 x 256 with learning rate 1e-4 and gamma 0.99 was at 0% of
+  training episodes reaching the goal by 115k (stopped). Before it (512 x 512, gamma 0.99, at
+  7b6e158, 95 min on an Intel Xeon): the final deterministic policy reached the goal (9094) but the
+  evaluations swung between ~10,000 and below random from 115k on (16 of 38 above 8,000; all of
+  240k-295k below 0) and the stochastic expert reached the goal in 11% of its episodes; figure
+  ``sac_adroit-pen_cpu_seed0_eval_300k.png``. The 512 x 512 runs, all at gamma 0.99:
+  150k (at d50fb63) was NOT enough: the deterministic evaluation return (5 identical fixed-reset
+  episodes) swings between -786 and 9428 (115k) and the final policy drops the pen (-786, below the uniform-random
   policy's -690; the untrained policy, which holds still, gets -44); figure
   ``sac_adroit-pen_cpu_seed0_eval_150k-unstable.png``. Its *stochastic* training episodes were
   learning, though (gymnasium-robotics' success, pen at the goal, reached at least once per
@@ -105,9 +112,9 @@ SAC_CONFIGS: dict[str, SACConfig] = {
     "walker": SACConfig(precision="fp32"),
     # ROBEL D'Claw: ROBEL's own SAC baseline settings (256x256, lr 3e-4, gamma 0.99); fp32 as walker.
     "dclaw-screw": SACConfig(precision="fp32"),
-    # Adroit pen with dense reward, fixed goal. Probe (session 12): SB3's 256 x 256 networks (3-4x
-    # cheaper per update than the 512 x 512 of the unstable 300k run) and gamma 0.95 (50-step
-    # episodes; at 0.99 the Q targets reached ~10^4). Reward at scale 1: 0.05 learns far less.
+    # Adroit pen with dense reward, fixed goal: gamma 0.95 (50-step episodes) holds the goal where
+    # 0.99 swung (module docstring); SB3's 256 x 256 networks, 3-4x cheaper per update than the
+    # 512 x 512 of the 0.99 runs. Reward at scale 1: 0.05 learns far less.
     "adroit-pen": SACConfig(net_arch=(256, 256), gamma=0.95),
     # Meta-World door-open on the dense shaped reward: Meta-World's SAC baselines use
     # 400x400 MLPs; gamma 0.99.
