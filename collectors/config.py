@@ -35,8 +35,8 @@ Adroit Pen and Door Open, measured first with the bf16 step, collect in bf16.
   73 min beside other jobs on an AMD EPYC; ``scripts/sac-report.py``): the deterministic policy
   first holds the pen at the goal at 150k (the medium point), 26 of the 31 evaluations from 150k on
   are above 8,000 and all ten from 255k on above 10,000; the final one 10454 (random -690). The
-  *stochastic* training episodes end with the pen at the goal in 66-84% of episodes from 180k to
-  250k and 94-99% from 250k on; figure ``sac_adroit-pen_cpu_seed0_eval.png``. Why gamma 0.95: an
+  *stochastic* training episodes end with the pen at the goal in 0-1% of episodes up to 130k,
+  66-84% from 180k to 250k and 94-99% from 250k on; figure ``sac_adroit-pen_cpu_seed0_eval.png``. Why gamma 0.95: an
   episode is 50 agent steps, and with up to ~200 reward per agent step at the goal the Q values
   can reach 200 / (1 - gamma): 20,000 at 0.99, 4,000 at 0.95. Beside it, 256 x 256 with learning rate 1e-4 and gamma 0.99 was at 0% of
   training episodes reaching the goal by 115k (stopped). Before it (512 x 512, gamma 0.99, at
