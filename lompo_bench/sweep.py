@@ -323,18 +323,18 @@ def train_job(spec: dict) -> dict:
 
 
 def published_row(csv_path, algo: str, env: str, split: str, seed: int, profile: str) -> dict | None:
-    """The row Table I shows for this run (`table.latest_per_seed`: the latest of its algorithm,
-    env, split, seed and profile), if it was made on the dataset that is on this machine now (by
-    checksum: a dataset rebuilt differently does not count)."""
+    """The row Table I shows for this run on the dataset that is on this machine now: the latest
+    of its algorithm, env, split, seed and profile among the rows made on this dataset's checksum
+    (`table.latest_per_seed`; the table keeps dataset versions apart, so a newer row on another
+    version of the split does not hide it, and a dataset rebuilt differently does not count)."""
     from lompo_bench.leaderboard import csv_store, table
     from lompo_bench.store import Dataset
 
-    rows = [r for r in table.latest_per_seed(csv_store.read_rows(csv_path))
-            if (r["algorithm"], r["env"], r["split"], str(r["seed"]), r["profile"]) == (algo, env, split, str(seed), profile)]
-    if not rows:
-        return None
     checksum = Dataset.open(paths.dataset_path(env, split, profile)).checksum
-    return rows[0] if rows[0]["dataset_checksum"] == checksum else None
+    on_this_version = [r for r in csv_store.read_rows(csv_path) if r["dataset_checksum"] == checksum]
+    rows = [r for r in table.latest_per_seed(on_this_version)
+            if (r["algorithm"], r["env"], r["split"], str(r["seed"]), r["profile"]) == (algo, env, split, str(seed), profile)]
+    return rows[0] if rows else None
 
 
 def run_job(spec: dict, status=None) -> dict:

@@ -258,3 +258,38 @@ def test_sweep_survives_losing_its_status_actor(home):
     assert "Traceback" not in err
     for seed in (3, 4):
         assert (run_dir(home, "bc", "expert", seed) / "result.json").is_file()
+
+
+def test_published_row_is_the_latest_on_this_machines_dataset_version(tmp_path, monkeypatch):
+    """--skip-published's lookup: a newer row for the same run made on another version of the
+    split (a machine of another CPU family) neither hides the row made on the local dataset nor
+    counts for it."""
+    import csv
+
+    from test_latent_model import write_random_store
+
+    from lompo_bench import paths
+    from lompo_bench.sweep import published_row
+
+    monkeypatch.setenv("LOMPO_BENCH_HOME", str(tmp_path / "home"))
+    local = write_random_store(paths.dataset_path("walker", "random", "smoke"), "walker", episodes=2, steps=10)
+    template = next(csv.DictReader(open(Path(__file__).parent.parent / "leaderboard" / "leaderboard.csv")))
+    base = {**template, "algorithm": "lompo", "env": "walker", "split": "random", "seed": "0", "profile": "smoke"}
+    other = "f" * 32
+
+    def write(*rows):
+        path = tmp_path / "lb.csv"
+        with open(path, "w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=csv_store.COLUMNS, lineterminator="\n")
+            writer.writeheader()
+            for run_id, checksum, when in rows:
+                writer.writerow({**base, "run_id": run_id, "dataset_checksum": checksum, "timestamp": when})
+        return path
+
+    older, newer, newest = "2026-12-01T00:00:00Z", "2026-12-02T00:00:00Z", "2026-12-03T00:00:00Z"
+    assert published_row(write(("mine", local.checksum, older), ("theirs", other, newer)),
+                         "lompo", "walker", "random", 0, "smoke")["run_id"] == "mine"
+    assert published_row(write(("mine", local.checksum, older), ("mine-again", local.checksum, newest),
+                               ("theirs", other, newer)), "lompo", "walker", "random", 0, "smoke")["run_id"] == "mine-again"
+    assert published_row(write(("theirs", other, newer)), "lompo", "walker", "random", 0, "smoke") is None
+    assert published_row(write(("mine", local.checksum, older)), "lompo", "walker", "random", 1, "smoke") is None
