@@ -36,16 +36,17 @@ Adroit Pen and Door Open, measured first with the bf16 step, collect in bf16.
   first holds the pen at the goal at 150k (the medium point), 26 of the 31 evaluations from 150k on
   are above 8,000 and all ten from 255k on above 10,000; the final one 10454 (random -690). The
   *stochastic* training episodes end with the pen at the goal in 0-1% of episodes up to 130k,
-  66-84% from 180k to 250k and 94-99% from 250k on; figure ``sac_adroit-pen_cpu_seed0_eval.png``. Why gamma 0.95: an
-  episode is 50 agent steps, and with up to ~200 reward per agent step at the goal the Q values
-  can reach 200 / (1 - gamma): 20,000 at 0.99, 4,000 at 0.95. Beside it, 256 x 256 with learning rate 1e-4 and gamma 0.99 was at 0% of
-  training episodes reaching the goal by 115k (stopped). Before it (512 x 512, gamma 0.99, at
-  7b6e158, 95 min on an Intel Xeon): the final deterministic policy reached the goal (9094) but the
-  evaluations swung between ~10,000 and below random from 115k on (16 of 38 above 8,000; all of
-  240k-295k below 0) and the stochastic expert reached the goal in 11% of its episodes; figure
-  ``sac_adroit-pen_cpu_seed0_eval_300k.png``. The 512 x 512 runs, all at gamma 0.99:
-  150k (at d50fb63) was NOT enough: the deterministic evaluation return (5 identical fixed-reset
-  episodes) swings between -786 and 9428 (115k) and the final policy drops the pen (-786, below the uniform-random
+  66-84% from 180k to 250k and 94-99% from 250k on; figure ``sac_adroit-pen_cpu_seed0_eval.png``.
+  Why gamma 0.95: an episode is 50 agent steps, and with up to ~200 reward per agent step at the
+  goal the Q values can reach 200 / (1 - gamma): 20,000 at 0.99, 4,000 at 0.95. Beside it,
+  256 x 256 with learning rate 1e-4 and gamma 0.99 was at 0% of training episodes reaching the goal
+  by 115k (stopped). Before it (512 x 512, gamma 0.99, at 7b6e158, 95 min on an Intel Xeon): the
+  final deterministic policy reached the goal (9094) but the evaluations swung between ~10,000 and
+  below random from 115k on (16 of 38 above 8,000; all of 240k-295k below 0) and the stochastic
+  expert reached the goal in 11% of its episodes; figure ``sac_adroit-pen_cpu_seed0_eval_300k.png``.
+  The 512 x 512 runs, all at gamma 0.99: 150k (at d50fb63) was NOT enough: the deterministic
+  evaluation return (5 identical fixed-reset episodes) swings between -786 and 9428 (115k) and the
+  final policy drops the pen (-786, below the uniform-random
   policy's -690; the untrained policy, which holds still, gets -44); figure
   ``sac_adroit-pen_cpu_seed0_eval_150k-unstable.png``. Its *stochastic* training episodes were
   learning, though (gymnasium-robotics' success, pen at the goal, reached at least once per

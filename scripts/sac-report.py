@@ -9,8 +9,7 @@ mean return, and for Adroit Pen gymnasium-robotics' success criterion (the share
 that end with the pen at the goal and the share that reach it at least once; the criterion is
 ``pen_at_goal`` of ``scripts/dataset-report.py``); then the evaluation curve (``eval.csv``):
 how many evaluations reach ``--above`` (in all, and in the second half of training) and the last
-five. An unfinished run
-can be read while it trains (the log chunks are written whole).
+five. An unfinished run can be read while it trains (the log chunks are written whole).
 """
 
 from __future__ import annotations
@@ -45,9 +44,11 @@ def _steps(n: int) -> str:
 
 def training_episodes(log: dict, bin_steps: int, pen: bool) -> list[dict]:
     at_goal = _pen_at_goal()(log["state"]) if pen else None
+    # Group rows by episode in one pass: a stable sort keeps each episode's rows in order.
+    order = np.argsort(log["episode"], kind="stable")
+    starts = np.flatnonzero(np.diff(log["episode"][order])) + 1
     bins: dict[int, list] = {}
-    for e in np.unique(log["episode"]):
-        rows = log["episode"] == e
+    for rows in np.split(order, starts):
         if not log["is_last"][rows].any():
             continue  # the episode being collected when the log was read
         end = int(log["step"][rows].max())
@@ -84,12 +85,14 @@ def main() -> None:
         curve = [(int(r["step"]), float(r["mean_return"])) for r in csv.DictReader(f)]
     result = args.run / "result.json"
     status = json.loads(result.read_text()) if result.exists() else {}
-    above = (f"; {sum(r >= args.above for _, r in curve)} at or above {args.above:g}, "
-             f"{sum(r >= args.above for step, r in curve if step >= curve[-1][0] // 2)} of them in the second half"
-             if args.above is not None else "")
+    above = ""
+    if args.above is not None:
+        reached = [step for step, r in curve if r >= args.above]
+        late = sum(step >= curve[-1][0] // 2 for step in reached)
+        above = f"; {len(reached)} at or above {args.above:g}, {late} of them in the second half"
+    finished = f"; finished: expert return {status['expert_return']:.1f}" if "expert_return" in status else ""
     print(f"\nevaluations (deterministic): {len(curve)}, last at {curve[-1][0]} steps{above}; "
-          f"last five: {', '.join(f'{r:.1f}' for _, r in curve[-5:])}"
-          + (f"; finished: expert return {status['expert_return']:.1f}" if "expert_return" in status else ""))
+          f"last five: {', '.join(f'{r:.1f}' for _, r in curve[-5:])}{finished}")
 
 
 if __name__ == "__main__":
