@@ -423,7 +423,8 @@ class Sweep:
         self.jobs = {j.key: j for j in self.plan.jobs}
         self.t0 = time.time()
         self.slots = 1
-        self._priors: dict[tuple[str, str], float | None] = {}  # (algo, env) -> seconds, from the runs folder
+        self._priors: dict[tuple[str, str], float | None] = {}  # (algo, env) -> seconds, from earlier runs
+        self._published: list[dict] | None = None  # publish_csv's rows, read once for the ETA
 
     # -- events ------------------------------------------------------------------------------
 
@@ -456,7 +457,8 @@ class Sweep:
     def expected_seconds(self, job: Job, done: list[Job]) -> float | None:
         """How long a training job should take: the mean of this sweep's finished jobs (`done`) of the
         same algorithm, else the wall time of that algorithm's finished runs (same profile, same env if
-        any) already in the runs folder, else the mean of `done`; None if none."""
+        any) already in the runs folder, else that of its rows in the leaderboard CSV being published
+        to (runs made elsewhere, maybe on faster or slower machines), else the mean of `done`; None if none."""
         same = [j.seconds for j in done if j.algo == job.algo]
         if same:
             return sum(same) / len(same)
@@ -466,20 +468,42 @@ class Sweep:
         return sum(j.seconds for j in done) / len(done) if done else None
 
     def _prior_seconds(self, job: Job) -> float | None:
-        """Mean `wall_time_s` of the result.json files of finished runs like `job`'s (cached)."""
+        """Mean wall time of finished runs like `job`'s: their result.json files in the runs folder,
+        else their rows in `publish_csv`; same env first, then any env (cached)."""
         key = (job.algo, job.env)
         if key not in self._priors:
             self._priors[key] = None
-            profile_dir = job.run_dir.parents[2]  # runs/<algo>/<profile>
-            for pattern in (f"{job.env}/*/seed*/result.json", "*/*/seed*/result.json"):
-                walls = []
-                for path in profile_dir.glob(pattern):
-                    with contextlib.suppress(OSError, ValueError, KeyError, TypeError):
-                        walls.append(float(json.loads(path.read_text())["wall_time_s"]))
+            for same_env in (True, False):
+                walls = self._run_walls(job, same_env) or self._published_walls(job, same_env)
                 if walls:
                     self._priors[key] = sum(walls) / len(walls)
                     break
         return self._priors[key]
+
+    def _run_walls(self, job: Job, same_env: bool) -> list[float]:
+        profile_dir = job.run_dir.parents[2]  # runs/<algo>/<profile>
+        walls = []
+        for path in profile_dir.glob(f"{job.env if same_env else '*'}/*/seed*/result.json"):
+            with contextlib.suppress(OSError, ValueError, KeyError, TypeError):
+                walls.append(float(json.loads(path.read_text())["wall_time_s"]))
+        return walls
+
+    def _published_walls(self, job: Job, same_env: bool) -> list[float]:
+        from lompo_bench.leaderboard import csv_store
+
+        if self.publish_csv is None:
+            return []
+        if self._published is None:
+            with contextlib.suppress(OSError, ValueError, UserError):  # a bad CSV fails at publishing, not here
+                self._published = csv_store.read_rows(self.publish_csv)
+            self._published = self._published or []
+        walls = []
+        for row in self._published:
+            if (row["algorithm"], row["profile"]) == (job.algo, self.plan.grid.profile) and \
+                    (row["env"] == job.env or not same_env):
+                with contextlib.suppress(ValueError, KeyError, TypeError):
+                    walls.append(float(row["wall_time_s"]))
+        return walls
 
     def eta_seconds(self) -> float | None:
         """Time left for the training jobs (collection jobs are not estimated), spread over the slots."""

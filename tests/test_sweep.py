@@ -154,6 +154,22 @@ def test_eta_before_any_job_finishes_comes_from_finished_runs_in_the_runs_folder
     other = Sweep(plan(Grid.parse("cql", ENV, "expert", "0", "smoke"), collect=True))
     assert other.eta_seconds() is None  # no cql run anywhere yet: no estimate rather than a guess
 
+    # A fresh machine has no runs, but the leaderboard it publishes to records how long published ones took.
+    import csv
+
+    template = next(csv.DictReader(open(Path(__file__).parent.parent / "leaderboard" / "leaderboard.csv")))
+    lb = tmp_path / "lb.csv"
+    with open(lb, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=csv_store.COLUMNS, lineterminator="\n")
+        writer.writeheader()
+        for algo, env, profile, wall in (("cql", ENV, "smoke", 800), ("cql", ENV, "smoke", 1000),
+                                         ("cql", ENV, "cpu", 5000), ("bc", ENV, "smoke", 10), ("cql", "walker", "smoke", 7)):
+            writer.writerow({**template, "algorithm": algo, "env": env, "profile": profile, "wall_time_s": wall})
+    published = Sweep(plan(Grid.parse("cql", ENV, "expert", "0", "smoke"), collect=True), publish_csv=lb)
+    assert published.eta_seconds() == pytest.approx(900.0)  # this profile and env only
+    assert Sweep(plan(Grid.parse("cql", "walker", "expert", "0", "smoke"), collect=True),
+                 publish_csv=lb).eta_seconds() == pytest.approx(7.0)
+
 
 def test_sweep_collects_trains_publishes_and_skips_finished(home, tmp_path):
     csv = tmp_path / "lb.csv"
