@@ -33,7 +33,7 @@ import torch
 from lompo_bench.registry import register
 
 from .augment import random_shift
-from .base import Algorithm, DataSpec, Policy
+from .base import Algorithm, BatchPolicy, DataSpec, Policy
 from .encoders import ObservationEncoder
 from .networks import TanhGaussianActor, adam
 from .precision import DEFAULT_PRECISION, acting_precision, autocast, check_precision
@@ -79,16 +79,16 @@ def to_tensors(obs: dict, device) -> dict[str, torch.Tensor]:
     return out
 
 
-class BCPolicy(Policy):
+class BCPolicy(BatchPolicy):
     def __init__(self, encoder: ObservationEncoder, actor: TanhGaussianActor, device, precision: str = DEFAULT_PRECISION):
         self.encoder, self.actor, self.device, self.precision = encoder, actor, device, precision
 
     @torch.no_grad()
-    def act(self, obs: dict[str, np.ndarray]) -> np.ndarray:
-        batch = to_tensors({k: v[None] for k, v in obs.items() if k in ("image", "proprio")}, self.device)
+    def act_batch(self, obs: dict[str, np.ndarray]) -> np.ndarray:
+        batch = to_tensors({k: v for k, v in obs.items() if k in ("image", "proprio")}, self.device)
         with autocast(acting_precision(self.precision, self.device), self.device):
             action = self.actor.mode(self.encoder(batch))
-        return action[0].float().cpu().numpy()
+        return action.float().cpu().numpy()
 
 
 @register

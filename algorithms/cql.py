@@ -43,7 +43,7 @@ from torch import nn
 from lompo_bench.registry import register
 
 from .augment import random_shift
-from .base import Algorithm, DataSpec, Policy
+from .base import Algorithm, BatchPolicy, DataSpec, Policy
 from .bc import to_tensors
 from .agents import SAC, SACBatch, SACConfig
 from .encoders import ObservationEncoder
@@ -122,15 +122,15 @@ def q_for_actions(critic: TwinQ, features: torch.Tensor, actions: torch.Tensor) 
     return q[0], q[1]
 
 
-class CQLPolicy(Policy):
+class CQLPolicy(BatchPolicy):
     def __init__(self, encoder: ObservationEncoder, actor, device, precision: str = DEFAULT_PRECISION):
         self.encoder, self.actor, self.device, self.precision = encoder, actor, device, precision
 
     @torch.no_grad()
-    def act(self, obs: dict[str, np.ndarray]) -> np.ndarray:
-        batch = to_tensors({k: v[None] for k, v in obs.items() if k in ("image", "proprio")}, self.device)
+    def act_batch(self, obs: dict[str, np.ndarray]) -> np.ndarray:
+        batch = to_tensors({k: v for k, v in obs.items() if k in ("image", "proprio")}, self.device)
         with autocast(acting_precision(self.precision, self.device), self.device):
-            return self.actor.mode(self.encoder(batch))[0].float().cpu().numpy()
+            return self.actor.mode(self.encoder(batch)).float().cpu().numpy()
 
 
 @register

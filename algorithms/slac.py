@@ -62,7 +62,7 @@ from torch.nn import functional as F
 from lompo_bench.registry import register
 
 from .augment import random_shift
-from .base import Algorithm, DataSpec, Policy
+from .base import Algorithm, BatchPolicy, DataSpec, Policy
 from .bc import to_tensors
 from .agents import SAC, SACBatch, SACConfig
 from .encoders import ConvDecoder, ObservationEncoder, image_log_likelihood
@@ -212,7 +212,7 @@ def history_at(features: torch.Tensor, actions: torch.Tensor, end: torch.Tensor,
     return history(frames, acts)
 
 
-class SLACPolicy(Policy):
+class SLACPolicy(BatchPolicy):
     """Acts on the history of the last tau frames' features and the actions between them."""
 
     def __init__(self, encoder: ObservationEncoder, actor, sequence_length: int, action_dim: int, device,
@@ -221,30 +221,33 @@ class SLACPolicy(Policy):
         self.tau, self.action_dim = sequence_length, action_dim
         self.reset()
 
-    def reset(self) -> None:
+    def reset(self, n: int = 1) -> None:
+        self.n = n
         self.features: deque = deque(maxlen=self.tau)
         self.actions: deque = deque(maxlen=self.tau - 1)
         self.last_action: Optional[torch.Tensor] = None
 
     @torch.no_grad()
-    def act(self, obs: dict[str, np.ndarray]) -> np.ndarray:
+    def act_batch(self, obs: dict[str, np.ndarray]) -> np.ndarray:
         with autocast(acting_precision(self.precision, self.device), self.device):
             return self._act(obs)
 
     def _act(self, obs: dict[str, np.ndarray]) -> np.ndarray:
-        f = self.encoder(to_tensors({k: v[None] for k, v in obs.items() if k in ("image", "proprio")}, self.device))
+        f = self.encoder(to_tensors({k: v for k, v in obs.items() if k in ("image", "proprio")}, self.device))
+        if f.shape[0] != self.n:
+            raise ValueError(f"act_batch got {f.shape[0]} observations after reset({self.n})")
         if self.last_action is None:  # first step: pad with the first frame and zero actions
             self.features.extend([f] * self.tau)
-            self.actions.extend([torch.zeros(1, self.action_dim, device=self.device)] * (self.tau - 1))
+            self.actions.extend([torch.zeros(self.n, self.action_dim, device=self.device)] * (self.tau - 1))
         else:
             self.features.append(f)
             if self.tau > 1:
                 self.actions.append(self.last_action)
         feats = torch.stack(list(self.features), 1)
-        acts = torch.stack(list(self.actions), 1) if self.tau > 1 else feats.new_zeros(1, 0, self.action_dim)
+        acts = torch.stack(list(self.actions), 1) if self.tau > 1 else feats.new_zeros(self.n, 0, self.action_dim)
         action = self.actor.mode(history(feats, acts))
         self.last_action = action
-        return action[0].float().cpu().numpy()
+        return action.float().cpu().numpy()
 
 
 @register

@@ -760,7 +760,7 @@ class Trainer:
         self.user_callbacks = list(callbacks)
         self.callbacks: list[Callback] = list(callbacks)  # the trainer's own are added by `open`
         self.lock: RunLock | None = None
-        self.eval_env = None
+        self.eval_envs: list = []  # made by the first evaluation: one per episode run side by side
         self.stop_signal = None
         self._t0 = time.perf_counter()
         self.wall_before = 0.0
@@ -889,10 +889,7 @@ class Trainer:
                                                            "success_rate", "episodes"))
         self.metrics_log.truncate_after(self.step)  # rows a killed run wrote past its checkpoint
         self.eval_log.truncate_after(self.step)
-        from lompo_bench.evaluation import make_eval_env
-
-        self.eval_env = make_eval_env(self.env, image_size=self.spec.image_shape[0], horizon=self.spec.horizon,
-                                      seed=self.seed)
+        self.eval_envs = [self.make_eval_env()]  # made now, so an env that cannot be made fails before training
         self.last_checkpoint_time = time.perf_counter()
         self._t0 = time.perf_counter()
         return self
@@ -937,10 +934,20 @@ class Trainer:
         self.last_checkpoint_step, self.last_checkpoint_time = step, time.perf_counter()
         self.emit("on_checkpoint", step)
 
-    def evaluate(self, step: int) -> dict:
-        from lompo_bench.evaluation import evaluate
+    def make_eval_env(self):
+        from lompo_bench.evaluation import make_eval_env
 
-        result = evaluate(self.agent.policy(), self.eval_env, episodes=self.eval_episodes, seed=self.eval_seed)
+        return make_eval_env(self.env, image_size=self.spec.image_shape[0], horizon=self.spec.horizon, seed=self.seed)
+
+    def evaluate(self, step: int) -> dict:
+        from lompo_bench.algorithms.base import BatchPolicy
+        from lompo_bench.evaluation import EVAL_BATCH, evaluate
+
+        policy = self.agent.policy()
+        width = min(self.eval_episodes, EVAL_BATCH) if isinstance(policy, BatchPolicy) else 1
+        while len(self.eval_envs) < width:
+            self.eval_envs.append(self.make_eval_env())
+        result = evaluate(policy, self.eval_envs, episodes=self.eval_episodes, seed=self.eval_seed)
         score, _ = score_or_reason(result["mean_return"], self.random_return, self.expert_return)
         row = {"step": step, "mean_return": result["mean_return"], "std_return": result["std_return"],
                "normalized_score": score, "success_rate": result["success_rate"],
@@ -1040,9 +1047,9 @@ class Trainer:
     def close(self) -> None:
         for callback in self.callbacks:
             callback.on_close(self)
-        if self.eval_env is not None:
-            self.eval_env.close()
-            self.eval_env = None
+        for env in self.eval_envs:
+            env.close()
+        self.eval_envs = []
         if self.lock is not None:
             self.lock.release()
             self.lock = None
