@@ -10,17 +10,28 @@ from . import __version__
 from .paths import repo_root
 
 
+# What the suite itself writes into a checkout: published rows, the regenerated table and figures.
+# Changes to them are results, not code, so they do not make a commit "+dirty" (a sweep publishing
+# into its own checkout's CSV would otherwise mark every later row of the same code dirty).
+RESULT_PATHS = ("leaderboard/leaderboard.csv", "leaderboard/RESULTS.md", "leaderboard/RESULTS.png", "docs/figures")
+
+
 @lru_cache(maxsize=1)
 def git_commit() -> str:
-    """Commit of the checkout (``+dirty`` if it has uncommitted changes), or ``unknown``."""
+    """Commit of the checkout (``+dirty`` if its code has uncommitted changes), or ``unknown``."""
     root = repo_root()
-    if root is None:
-        return "unknown"
+    return "unknown" if root is None else commit_of(root)
+
+
+def commit_of(root) -> str:
+    """HEAD of the git checkout at `root`, ``+dirty`` if a tracked file outside `RESULT_PATHS`
+    differs from it; ``unknown`` where `root` is not a git checkout."""
     try:
         sha = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True,
                              text=True, timeout=10, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
-                               capture_output=True, text=True, timeout=10).stdout.strip()
+        dirty = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no", "--", ".",
+                                *(f":(exclude){p}" for p in RESULT_PATHS)],
+                               capture_output=True, text=True, timeout=10, check=True).stdout.strip()
         return sha + ("+dirty" if dirty else "")
     except (OSError, subprocess.SubprocessError):
         return "unknown"
