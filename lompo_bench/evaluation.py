@@ -62,6 +62,8 @@ def evaluate(policy, env, *, episodes: int = 10, seed: int = 0, image_size: int 
         width = min(episodes, batch) if isinstance(policy, BatchPolicy) else 1
         env = [make_eval_env(env, image_size=image_size, seed=seed) for _ in range(max(1, width))]
     made = list(env) if isinstance(env, (list, tuple)) else [env]
+    if not made:
+        raise UserError("evaluate got an empty list of envs; pass an env name, a made env or a list of them")
     if not isinstance(policy, BatchPolicy):
         made = made[:1]
     import torch

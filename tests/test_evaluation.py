@@ -106,6 +106,13 @@ def test_a_plain_policy_runs_its_episodes_one_at_a_time_in_the_first_env():
     assert one == listed and one["lengths"] == [HORIZON] * 3
 
 
+def test_an_empty_list_of_envs_is_a_one_line_error(stores):
+    from lompo_bench.errors import UserError
+
+    with pytest.raises(UserError, match="empty list of envs"):
+        evaluate(untrained("bc", stores["walker"]).policy(), [], episodes=2)
+
+
 def test_act_batch_rejects_a_batch_of_another_size(stores):
     policy = untrained("lompo", stores["walker"]).policy()
     policy.reset(2)
