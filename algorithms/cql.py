@@ -94,9 +94,9 @@ class CQLConfig:
 
 
 PROFILE_SCALING = {
-    # cpu: under an hour on one core at 64 px (walker: 50 min beside another job), evaluations
-    # included: ~0.5 s per update at batch 64 (interpolated from one-thread timings at batch 32
-    # and 128 on a loaded machine; time it with benchmarks/bench_baselines.py --only cql --cql-batch 64)
+    # cpu: 6,000 updates at batch 64, 64 px: 16-17 min a walker run on one core beside another job,
+    # evaluations included (~50 min before the bf16 fast path); time an update with
+    # benchmarks/bench_baselines.py --only cql --cql-batch 64
     "cpu": dict(steps=6_000, batch_size=64),
     "smoke": dict(steps=10, batch_size=8, encoder_depth=8, actor_hidden=32, actor_layers=2, critic_hidden=32,
                   critic_layers=2, cql_num_actions=2),

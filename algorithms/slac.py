@@ -115,9 +115,9 @@ class SLACConfig:
 
 
 PROFILE_SCALING = {
-    # cpu: about an hour on one core at 64 px (walker: 70 min beside another job), evaluations
-    # included (measured under contention: ~0.7 s per model update of 8 windows, ~0.7 s per SAC
-    # update of 32 windows; the decoder's transposed convolutions dominate on CPU)
+    # cpu: 1,500 model + 2,500 joint steps, 64 px: ~26 min a walker run on one core beside another
+    # job, evaluations included (~70 min before the bf16 fast path, when a model update of 8 windows
+    # and a SAC update of 32 windows each took ~0.7 s; the decoder's transposed convolutions dominate)
     "cpu": dict(model_pretrain_steps=1_500, joint_steps=2_500, model_batch_size=8, rl_batch_size=32),
     "smoke": dict(model_pretrain_steps=4, joint_steps=6, sequence_length=3, model_batch_size=4, rl_batch_size=4,
                   z1_dim=4, z2_dim=8, model_hidden=32, encoder_depth=8, actor_hidden=32, critic_hidden=32),

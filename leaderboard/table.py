@@ -47,7 +47,7 @@ SPLIT_ORDER = ("medium-replay", "medium-expert", "expert")
 PROFILE_ORDER = ("paper", "cpu", "smoke")  # most meaningful block first
 PROFILE_NOTES = {
     "paper": "the paper's dataset sizes and networks",
-    "cpu": "reduced datasets and networks, 15-70 min a run on one CPU core; not comparable "
+    "cpu": "reduced datasets and networks, 15-40 min a run on one CPU core; not comparable "
            "to the paper's numbers",
     "smoke": "seconds-long runs that check the pipeline works; the scores mean nothing (the smoke "
              "datasets' SAC 'expert' is barely trained, and the policies take a handful of steps)",

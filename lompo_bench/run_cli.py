@@ -18,7 +18,7 @@ from .runner import THREADS_HELP
 @click.option("--seed", default=0, show_default=True, type=int,
               help="Seed of the networks, sampling and evaluation (0 to 2**31-1).")
 @click.option("--profile", default=profiles.DEFAULT_PROFILE, show_default=True,
-              help="smoke (seconds), cpu (15-70 min a run on one core) or paper (the paper's sizes; an accelerator).")
+              help="smoke (seconds), cpu (15-40 min a run on one core) or paper (the paper's sizes; an accelerator).")
 @click.option("--data", default=None,
               help="Dataset store (a path, or a URL such as https://... or s3://...) to train on (default: $LOMPO_BENCH_HOME/datasets/[<profile>/]<env>/<split>.zarr).")
 @click.option("--steps", type=int, default=None,

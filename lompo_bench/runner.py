@@ -66,7 +66,7 @@ CHECKPOINT_MAX_INTERVAL_S = 600.0
 WRITE_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES)  # the disk's fault, not the run's
 PROFILE_NOTES = {
     "smoke": "smoke profile: tiny networks and a few steps to test the pipeline; scores are meaningless",
-    "cpu": "cpu profile: batch, widths and steps shrunk to 15-70 min a run on one CPU core; not the paper's scale",
+    "cpu": "cpu profile: batch, widths and steps shrunk to 15-40 min a run on one CPU core; not the paper's scale",
     "paper": "paper profile: the paper's network sizes and step counts (Appendix C / authors' code)",
 }
 RUN_FILES = ("config.json", "metrics.csv", "eval.csv", "checkpoint.pt", "result.json", "learning_curve.png")
@@ -612,7 +612,7 @@ class EtaEstimate(Callback):
                         f"first {self.steps + 1} steps, evaluation not included)")
             if trainer.profile == "paper" and trainer.device == "cpu" and eta > 3 * 3600:
                 trainer.say(f"warning: the paper profile on CPU would take about {eta / 3600:.0f} hours; "
-                            "use --profile cpu (15-70 min a run) or an accelerator (--device cuda)")
+                            "use --profile cpu (15-40 min a run) or an accelerator (--device cuda)")
 
 
 class EvaluationSchedule(Callback):
