@@ -42,6 +42,13 @@ def make_eval_env(env: str, *, image_size: int | None = None, horizon: int | Non
     return made
 
 
+def side_by_side(policy, episodes: int, batch: int = EVAL_BATCH) -> int:
+    """How many envs `evaluate` steps together for `policy`: up to `batch` for a `BatchPolicy`, else 1."""
+    from lompo_bench.algorithms.base import BatchPolicy
+
+    return max(1, min(episodes, batch)) if isinstance(policy, BatchPolicy) else 1
+
+
 def evaluate(policy, env, *, episodes: int = 10, seed: int = 0, image_size: int | None = None,
              batch: int = EVAL_BATCH) -> dict:
     """Run `episodes` episodes of `policy` (a `lompo_bench.algorithms.base.Policy`) in `env`.
@@ -59,8 +66,8 @@ def evaluate(policy, env, *, episodes: int = 10, seed: int = 0, image_size: int 
         raise UserError(f"evaluation episodes must be >= 1, got {episodes}")
     own_env = isinstance(env, str)
     if own_env:
-        width = min(episodes, batch) if isinstance(policy, BatchPolicy) else 1
-        env = [make_eval_env(env, image_size=image_size, seed=seed) for _ in range(max(1, width))]
+        width = side_by_side(policy, episodes, batch)
+        env = [make_eval_env(env, image_size=image_size, seed=seed) for _ in range(width)]
     made = list(env) if isinstance(env, (list, tuple)) else [env]
     if not made:
         raise UserError("evaluate got an empty list of envs; pass an env name, a made env or a list of them")

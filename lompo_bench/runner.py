@@ -760,7 +760,7 @@ class Trainer:
         self.user_callbacks = list(callbacks)
         self.callbacks: list[Callback] = list(callbacks)  # the trainer's own are added by `open`
         self.lock: RunLock | None = None
-        self.eval_envs: list = []  # made by the first evaluation: one per episode run side by side
+        self.eval_envs: list = []  # one made by `open`, the rest by the first evaluation (one per episode side by side)
         self.stop_signal = None
         self._t0 = time.perf_counter()
         self.wall_before = 0.0
@@ -940,12 +940,10 @@ class Trainer:
         return make_eval_env(self.env, image_size=self.spec.image_shape[0], horizon=self.spec.horizon, seed=self.seed)
 
     def evaluate(self, step: int) -> dict:
-        from lompo_bench.algorithms.base import BatchPolicy
-        from lompo_bench.evaluation import EVAL_BATCH, evaluate
+        from lompo_bench.evaluation import evaluate, side_by_side
 
         policy = self.agent.policy()
-        width = min(self.eval_episodes, EVAL_BATCH) if isinstance(policy, BatchPolicy) else 1
-        while len(self.eval_envs) < width:
+        while len(self.eval_envs) < side_by_side(policy, self.eval_episodes):
             self.eval_envs.append(self.make_eval_env())
         result = evaluate(policy, self.eval_envs, episodes=self.eval_episodes, seed=self.eval_seed)
         score, _ = score_or_reason(result["mean_return"], self.random_return, self.expert_return)
